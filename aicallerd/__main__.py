@@ -1,0 +1,53 @@
+"""``aicallerd``: the aicaller daemon."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before anything imports onnxruntime
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
+
+EX_CONFIG = 78  # sysexits EX_CONFIG; the unit has RestartPreventExitStatus=78
+DEFAULT_CONFIG = "/etc/aicaller/aicaller.conf"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aicallerd", description=__doc__)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
+    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    args = parser.parse_args(argv)
+
+    from aicallerd.config import ConfigError, load_config
+    from aicallerd.logs import setup_logging
+
+    try:
+        config = load_config(args.config, os.environ)
+    except ConfigError as exc:
+        print(
+            f"<3>aicallerd: config error: {exc}"
+            if os.environ.get("JOURNAL_STREAM")
+            else f"aicallerd: config error: {exc}",
+            file=sys.stderr,
+        )
+        return EX_CONFIG
+    if args.check:
+        print(f"{args.config}: ok")
+        return 0
+    setup_logging(config.log.level, os.environ)
+
+    import trio
+
+    from aicallerd.daemon import Daemon
+
+    daemon = Daemon(config, args.config)
+    try:
+        trio.run(daemon.run)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

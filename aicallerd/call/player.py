@@ -1,0 +1,175 @@
+"""Outbound audio: the one task that writes to a call's WebSocket.
+
+Twilio plays whatever we send in real time from its own buffer. If we push a whole reply at
+once, a barge-in ``clear`` throws away seconds of audio we can no longer account for; if we
+sleep 20 ms after each send, scheduling jitter drains Twilio's buffer and the caller hears
+gaps. So the sender paces frames against absolute deadlines (the time Twilio's buffer will
+run dry) and keeps only a small lead queued there. Marks ride in the same queue, right after
+the audio they follow, so an echoed mark tells exactly what the caller has heard.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from aicallerd.twilio import media
+
+FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
+FRAME_SECONDS = 0.02
+
+log = logging.getLogger("aicallerd.call")
+
+
+@dataclass(frozen=True)
+class _Audio:
+    payload: bytes
+    on_sent: Callable[[float], None] | None = None
+
+
+@dataclass(frozen=True)
+class _Mark:
+    name: str
+
+
+@dataclass
+class PlaybackClock:
+    """Sans-I/O model of Twilio's playout buffer as seen from our side.
+
+    ``buffer_end`` is when the audio already sent will have finished playing. A frame may be
+    sent once ``buffer_end - now <= lead``; the buffer never runs ahead of real time.
+    """
+
+    lead: float = 0.08
+    buffer_end: float = 0.0
+
+    def send_at(self, now: float) -> float:
+        """Earliest time the next frame may be sent."""
+        return max(now, self.buffer_end - self.lead)
+
+    def sent(self, now: float, seconds: float) -> None:
+        self.buffer_end = max(self.buffer_end, now) + seconds
+
+    def queued(self, now: float) -> float:
+        """Seconds of our audio still waiting in Twilio's buffer."""
+        return max(0.0, self.buffer_end - now)
+
+    def reset(self, now: float) -> None:
+        self.buffer_end = now
+
+
+@dataclass
+class Player:
+    """Queue of frames and marks for one call, drained by :meth:`run` at real-time pace."""
+
+    send: Callable[[str], Awaitable[None]]
+    lead: float = 0.08
+    stream_sid: str = ""
+    clock: PlaybackClock = field(init=False)
+    _queue: collections.deque[_Audio | _Mark] = field(init=False)
+    _wakeup: trio.Event = field(init=False)
+    _pending_marks: list[str] = field(init=False)
+    _cleared_marks: set[str] = field(init=False)
+    _played_marks: list[str] = field(init=False)
+    _mark_listeners: list[Callable[[str], None]] = field(init=False)
+    frames_sent: int = 0
+
+    def __post_init__(self) -> None:
+        self.clock = PlaybackClock(lead=self.lead)
+        self._queue = collections.deque()
+        self._wakeup = trio.Event()
+        self._pending_marks = []
+        self._cleared_marks = set()
+        self._played_marks = []
+        self._mark_listeners = []
+
+    # -- producer side ------------------------------------------------------------------
+    def enqueue_audio(self, ulaw: bytes, on_sent: Callable[[float], None] | None = None) -> None:
+        """Queue mu-law audio of any length; it is sent in 20 ms frames.
+
+        ``on_sent(t)`` is called with the send time of this audio's first frame, which is
+        how a turn learns its voice-to-voice latency.
+        """
+        for i in range(0, len(ulaw), FRAME_BYTES):
+            self._queue.append(_Audio(ulaw[i : i + FRAME_BYTES], on_sent if i == 0 else None))
+        self._wakeup.set()
+
+    def enqueue_mark(self, name: str) -> None:
+        self._queue.append(_Mark(name))
+        self._wakeup.set()
+
+    async def clear(self) -> list[str]:
+        """Drop everything not yet played, tell Twilio to do the same.
+
+        Returns the marks that were still outstanding: Twilio echoes them right after a
+        ``clear`` but their audio was never heard, so they must not count as played.
+        """
+        self._queue.clear()
+        dropped = list(self._pending_marks)
+        self._cleared_marks.update(dropped)
+        self._pending_marks.clear()
+        self.clock.reset(trio.current_time())
+        await self.send(media.clear_message(self.stream_sid))
+        return dropped
+
+    # -- Twilio side --------------------------------------------------------------------
+    def on_mark(self, name: str) -> bool:
+        """Record an echoed mark. False when it is an echo of audio we cleared."""
+        if name in self._cleared_marks:
+            self._cleared_marks.discard(name)
+            return False
+        if name in self._pending_marks:
+            self._pending_marks.remove(name)
+        self._played_marks.append(name)
+        for listener in list(self._mark_listeners):
+            listener(name)
+        return True
+
+    def add_mark_listener(self, listener: Callable[[str], None]) -> None:
+        self._mark_listeners.append(listener)
+
+    def remove_mark_listener(self, listener: Callable[[str], None]) -> None:
+        if listener in self._mark_listeners:
+            self._mark_listeners.remove(listener)
+
+    def played(self, name: str) -> bool:
+        return name in self._played_marks
+
+    @property
+    def speaking(self) -> bool:
+        """True while our audio is queued here or still playing at Twilio."""
+        return (
+            bool(self._queue)
+            or bool(self._pending_marks)
+            or self.clock.queued(trio.current_time()) > 0
+        )
+
+    # -- the sender task ----------------------------------------------------------------
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send queued frames against absolute deadlines; the only writer of the socket."""
+        task_status.started()
+        while True:
+            if not self._queue:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+                continue
+            item = self._queue[0]
+            if isinstance(item, _Mark):
+                self._queue.popleft()
+                self._pending_marks.append(item.name)
+                await self.send(media.mark_message(self.stream_sid, item.name))
+                continue
+            await trio.sleep_until(self.clock.send_at(trio.current_time()))
+            if not self._queue or self._queue[0] is not item:
+                continue  # cleared while we waited
+            self._queue.popleft()
+            now = trio.current_time()
+            await self.send(media.media_message(self.stream_sid, item.payload))
+            self.clock.sent(now, len(item.payload) / 8000)
+            self.frames_sent += 1
+            if item.on_sent is not None:
+                item.on_sent(now)

@@ -1,0 +1,158 @@
+"""One agent reply: LLM token stream -> sentences -> guardrail -> TTS -> player.
+
+The three stages run concurrently and hand work over memory channels, so sentence one is
+already playing while sentence two is being generated. The caller of :func:`speak_reply`
+owns the cancel scope: cancelling it stops generation, synthesis and the queueing of new
+frames at once (what the caller heard is then read from the marks).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from aicallerd.call.metrics import TurnLegs
+from aicallerd.call.player import Player
+from aicallerd.engines.llm import ChatClient, LLMError
+from aicallerd.engines.tts import Synthesizer
+from aicallerd.text.guardrail import ReplyFilter
+from aicallerd.text.sentences import SentenceSplitter
+
+log = logging.getLogger("aicallerd.call")
+
+
+@dataclass
+class Reply:
+    """What was queued for the caller, sentence by sentence, with the mark after each."""
+
+    mark_prefix: str
+    sentences: list[tuple[str, str]] = field(default_factory=list)  # (mark name, text)
+    audio: bytearray = field(default_factory=bytearray)
+    error: str | None = None
+
+    def played_text(self, player: Player) -> str:
+        """The sentences whose closing mark came back: what the caller actually heard."""
+        return " ".join(text for mark, text in self.sentences if player.played(mark))
+
+    @property
+    def text(self) -> str:
+        return " ".join(text for _, text in self.sentences)
+
+    @property
+    def last_mark(self) -> str | None:
+        return self.sentences[-1][0] if self.sentences else None
+
+
+@dataclass(frozen=True)
+class ReplySettings:
+    max_tokens: int
+    temperature: float
+    max_sentences: int = 3
+
+
+async def _generate(
+    llm: ChatClient,
+    messages: Sequence[dict[str, str]],
+    settings: ReplySettings,
+    reply_filter: ReplyFilter,
+    legs: TurnLegs,
+    t0: float,
+    out: trio.MemorySendChannel[str],
+) -> None:
+    splitter = SentenceSplitter()
+    async with out:
+        try:
+            async for delta in llm.stream_chat(
+                list(messages), max_tokens=settings.max_tokens, temperature=settings.temperature
+            ):
+                if legs.llm_first_token is None:
+                    legs.llm_first_token = trio.current_time() - t0
+                for sentence in splitter.feed(delta):
+                    if not await _offer(sentence, reply_filter, legs, t0, out):
+                        return
+            for sentence in splitter.flush():
+                if not await _offer(sentence, reply_filter, legs, t0, out):
+                    return
+        except LLMError as exc:
+            log.error("llm failed: %s", exc)
+            raise
+
+
+async def _offer(
+    sentence: str,
+    reply_filter: ReplyFilter,
+    legs: TurnLegs,
+    t0: float,
+    out: trio.MemorySendChannel[str],
+) -> bool:
+    """Pass one sentence through the guardrail; False once the reply must stop."""
+    cleaned = reply_filter.accept(sentence)
+    if cleaned:
+        if legs.first_sentence is None:
+            legs.first_sentence = trio.current_time() - t0
+        await out.send(cleaned)
+    return not reply_filter.done
+
+
+async def _synthesize(
+    tts: Synthesizer,
+    player: Player,
+    reply: Reply,
+    legs: TurnLegs,
+    on_first_frame: trio.Event,
+    first_frame_at: list[float],
+    sentences: trio.MemoryReceiveChannel[str],
+) -> None:
+    def mark_first(t: float) -> None:
+        if not first_frame_at:
+            first_frame_at.append(t)
+            on_first_frame.set()
+
+    async with sentences:
+        async for text in sentences:
+            t_sentence = trio.current_time()
+            first = True
+            async for chunk in tts.stream_ulaw(text):
+                if first and legs.tts_first_audio is None:
+                    legs.tts_first_audio = trio.current_time() - t_sentence
+                player.enqueue_audio(chunk, on_sent=mark_first if first else None)
+                reply.audio += chunk
+                first = False
+            mark = f"{reply.mark_prefix}-s{len(reply.sentences) + 1}"
+            reply.sentences.append((mark, text))
+            player.enqueue_mark(mark)
+
+
+async def speak_reply(
+    *,
+    llm: ChatClient,
+    tts: Synthesizer,
+    player: Player,
+    messages: Sequence[dict[str, str]],
+    settings: ReplySettings,
+    previous_reply: str,
+    reply: Reply,
+    legs: TurnLegs,
+    on_first_frame: trio.Event,
+    first_frame_at: list[float],
+) -> None:
+    """Generate and queue one reply into ``reply``; returns once everything is queued.
+
+    ``reply`` is filled in as sentences are queued, so a caller that cancels us midway still
+    knows which marks belong to which text. An LLM failure is recorded in ``Reply.error``
+    (after whatever sentences it produced) for the session to apologise.
+    """
+    reply_filter = ReplyFilter(max_sentences=settings.max_sentences, previous_reply=previous_reply)
+    send, receive = trio.open_memory_channel[str](8)
+    t0 = trio.current_time()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_generate, llm, messages, settings, reply_filter, legs, t0, send)
+            nursery.start_soon(
+                _synthesize, tts, player, reply, legs, on_first_frame, first_frame_at, receive
+            )
+    except* LLMError as group:
+        reply.error = str(group.exceptions[0])

@@ -1,0 +1,349 @@
+"""Turn-taking for one caller: a sans-I/O state machine, (frame, VAD prob, time) -> events.
+
+Modelled on the seed's AudioChunk / PhraseObject split: an utterance ("phrase") is cut into
+chunks at short pauses so each chunk can be transcribed while the caller is still talking; at the
+end of the turn only the last chunk (often none) is left to transcribe.
+
+Event timeline for "word ... word" with a short pause::
+
+    SpeechStart  ChunkReady(0) Pause   Resume   ChunkReady(1) Pause   PhraseEnd
+    |--speech--|...0.3 s...|           |--speech--|...0.3 s...|...0.3 s...|
+
+- A frame is speech only if the VAD says so *and* its RMS clears the gate (the seed's gate keeps
+  faint line noise the model likes from opening phrases).
+- A phrase starts after `min_speech_start_seconds` of consecutive speech, so clicks do nothing.
+- In-phrase silence of `chunk_silence_seconds` emits `Pause` (the speculative-turn hook) and cuts
+  the chunk there, unless the chunk holds less than `min_chunk_seconds` of speech, in which case it
+  is merged into the next one. After a Pause, speech must again last `min_speech_start_seconds`
+  to count (`Resume`), so a cough does not cancel a speculative turn.
+- A chunk is cut a little (`chunk_tail_seconds`) after its last speech, because long trailing
+  silence makes Whisper hallucinate; it starts `lead_in_seconds` before its speech (pre-roll ring
+  buffer) so the first phoneme is not clipped; it never exceeds `max_chunk_seconds`.
+- Silence of `done_speaking_silence_seconds` ends the phrase: any pending chunk goes out with
+  ``final=True``, then `PhraseEnd`.
+
+Times are audio seconds since the stream started (Twilio media timestamps). `SpeechStart.t` and
+`Resume.t` are speech onsets; `Pause.t` and `PhraseEnd.t` are when the silence reached the
+threshold (exact, independent of framing; the event is returned by the frame that crosses it).
+Gaps in the timestamps count as silence.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 8000
+_EPS = 1e-6  # far below one sample (125 us): absorbs float error in summed frame times
+_GAP_FILL_LIMIT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class EndpointerSettings:
+    """Tunables; defaults suit 8 kHz telephony with Silero probabilities."""
+
+    vad_threshold: float = 0.5
+    min_speech_rms_threshold: float = 150.0
+    chunk_silence_seconds: float = 0.3
+    done_speaking_silence_seconds: float = 0.6
+    min_chunk_seconds: float = 0.4
+    max_chunk_seconds: float = 10.0
+    lead_in_seconds: float = 0.2
+    min_speech_start_seconds: float = 0.04
+    frame_seconds: float = 0.02
+    chunk_tail_seconds: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in (
+            "chunk_silence_seconds",
+            "done_speaking_silence_seconds",
+            "max_chunk_seconds",
+            "frame_seconds",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in (
+            "min_chunk_seconds",
+            "lead_in_seconds",
+            "min_speech_start_seconds",
+            "chunk_tail_seconds",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_chunk_seconds <= self.lead_in_seconds:
+            raise ValueError("max_chunk_seconds must exceed lead_in_seconds")
+
+
+@dataclass(frozen=True)
+class SpeechStart:
+    phrase_id: int
+    t: float
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkReady:
+    """Audio to transcribe now; `index` counts from 0 within the phrase."""
+
+    phrase_id: int
+    index: int
+    pcm8: np.ndarray
+    start_t: float
+    end_t: float
+    final: bool = False
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm8) / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Pause:
+    phrase_id: int
+    t: float
+    silence_started_t: float
+
+
+@dataclass(frozen=True)
+class Resume:
+    phrase_id: int
+    t: float
+
+
+@dataclass(frozen=True)
+class PhraseEnd:
+    """All `chunks` ChunkReady events of the phrase have been emitted before this one."""
+
+    phrase_id: int
+    chunks: int
+    speech_end_t: float
+    t: float
+
+
+Event = SpeechStart | ChunkReady | Pause | Resume | PhraseEnd
+
+
+def _samples(seconds: float) -> int:
+    return round(seconds * SAMPLE_RATE)
+
+
+class Endpointer:
+    """Feed every inbound frame in order; act on the returned events."""
+
+    def __init__(self, settings: EndpointerSettings | None = None) -> None:
+        self.settings = s = settings if settings is not None else EndpointerSettings()
+        self._start_run = _samples(s.min_speech_start_seconds)
+        self._max_chunk = _samples(s.max_chunk_seconds)
+        self._tail = _samples(s.chunk_tail_seconds)
+        self._ring_base = _samples(s.lead_in_seconds + s.min_speech_start_seconds) + 1
+        self._ring = np.zeros(0, dtype=np.int16)
+        # The clock counts samples from the first frame's time, so frame times do not drift.
+        self._origin_t: float | None = None
+        self._stream_start_t: float | None = None
+        self._n = 0
+        self._floor_t = -np.inf  # no chunk reaches back before this (last chunk end / reset)
+        self._phrase_id = 0
+        self.last_speech_t: float | None = None
+        self._clear_phrase()
+
+    # ---- public state -------------------------------------------------------------------------
+
+    @property
+    def _end_t(self) -> float | None:
+        """Audio time at the end of the last frame."""
+        if self._origin_t is None:
+            return None
+        return self._origin_t + self._n / SAMPLE_RATE
+
+    @property
+    def speaking(self) -> bool:
+        return self.in_phrase and self._silence_start_t is None
+
+    @property
+    def silence_seconds(self) -> float:
+        """Length of the current run of silence (0 while speaking)."""
+        if self._end_t is None or self.speaking:
+            return 0.0
+        if self.in_phrase:
+            assert self._silence_start_t is not None
+            return self._silence_end() - self._silence_start_t
+        since = self.last_speech_t if self.last_speech_t is not None else self._stream_start_t
+        return self._end_t - (since if since is not None else self._end_t)
+
+    def reset(self) -> None:
+        """Drop the phrase in progress without events; later chunks never reuse earlier audio."""
+        self._clear_phrase()
+        if self._end_t is not None:
+            self._floor_t = self._end_t
+
+    def feed(self, pcm8: np.ndarray, speech_prob: float, t: float) -> list[Event]:
+        """Process one frame (any length) starting at audio time `t`."""
+        x = np.array(pcm8, dtype=np.int16).reshape(-1)  # a copy: callers may reuse buffers
+        if len(x) == 0:
+            return []
+        events: list[Event] = []
+        if self._end_t is None:
+            self._origin_t = self._stream_start_t = t
+        elif t - self._end_t >= self.settings.frame_seconds / 2:
+            self._fill_gap(t, events)
+        # Sub-frame jitter or overlap: keep the audio contiguous and trust our own clock.
+        t = self._origin_t + self._n / SAMPLE_RATE
+        s = self.settings
+        is_speech = speech_prob >= s.vad_threshold and _rms(x) >= s.min_speech_rms_threshold
+        self._process(x, is_speech, t, events)
+        return events
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _clear_phrase(self) -> None:
+        self.in_phrase = False
+        self._chunks_emitted = 0
+        self._chunk: list[np.ndarray] | None = None  # open chunk audio (None: none open)
+        self._chunk_len = 0
+        self._chunk_start_t = 0.0
+        self._chunk_speech_start_t = 0.0
+        self._chunk_speech_end = 0  # samples into the open chunk where its last speech ends
+        self._silence_start_t: float | None = None
+        self._paused = False
+        self._run_start_t: float | None = None  # speech run not yet long enough to count
+        self._run_len = 0
+
+    def _fill_gap(self, target: float, events: list[Event]) -> None:
+        """Lost frames are silence; feed them as such so timers and chunk audio stay aligned."""
+        assert self._origin_t is not None
+        end = self._origin_t + self._n / SAMPLE_RATE
+        limit = end + max(_GAP_FILL_LIMIT_SECONDS, 2 * self.settings.done_speaking_silence_seconds)
+        missing = _samples(min(target, limit) - end)
+        step = _samples(self.settings.frame_seconds)
+        for k in range(0, missing, step):
+            t = self._origin_t + self._n / SAMPLE_RATE
+            self._process(np.zeros(min(step, missing - k), dtype=np.int16), False, t, events)
+        if target > limit:  # nothing can be pending after that much silence: jump the clock
+            self._origin_t = target - self._n / SAMPLE_RATE
+            self._ring = np.zeros(0, dtype=np.int16)
+
+    def _silence_end(self) -> float:
+        """While a post-Pause speech run is unconfirmed, the silence clock stands at its onset."""
+        assert self._end_t is not None
+        if self._paused and self._run_start_t is not None:
+            return self._run_start_t
+        return self._end_t
+
+    def _process(self, x: np.ndarray, is_speech: bool, t: float, events: list[Event]) -> None:
+        n = len(x)
+        te = t + n / SAMPLE_RATE
+        self._ring = np.concatenate([self._ring, x])[-(self._ring_base + n) :]
+        self._n += n
+        if self._chunk is not None:
+            self._chunk.append(x)
+            self._chunk_len += n
+
+        if is_speech:
+            if self._run_start_t is None:
+                self._run_start_t, self._run_len = t, 0
+            self._run_len += n
+        else:
+            self._run_start_t, self._run_len = None, 0
+
+        if not self.in_phrase:
+            if is_speech and self._run_len >= self._start_run:
+                self._start_phrase(te, events)
+            return
+
+        if self._silence_start_t is None:  # speaking
+            if is_speech:
+                self._on_speech(te, events)
+            else:
+                self._silence_start_t = t
+                self._check_silence(te, events)
+            return
+
+        # In-phrase silence. Before a Pause any speech frame ends it (VAD flicker inside words);
+        # after a Pause speech must last long enough to count, like a phrase start.
+        if is_speech and (not self._paused or self._run_len >= self._start_run):
+            onset = self._run_start_t if self._paused else t
+            assert onset is not None
+            if self._paused:
+                events.append(Resume(self._phrase_id, onset))
+            self._silence_start_t = None
+            self._paused = False
+            if self._chunk is None:
+                self._open_chunk(onset)
+            self._on_speech(te, events)
+        elif not is_speech:
+            self._check_silence(te, events)
+
+    def _start_phrase(self, te: float, events: list[Event]) -> None:
+        assert self._run_start_t is not None
+        self._phrase_id += 1
+        self.in_phrase = True
+        events.append(SpeechStart(self._phrase_id, self._run_start_t))
+        self._open_chunk(self._run_start_t)
+        self._on_speech(te, events)
+
+    def _open_chunk(self, onset: float) -> None:
+        """Start a chunk from the ring buffer: pre-roll before `onset`, never before the floor."""
+        assert self._end_t is not None
+        ring_start_t = self._end_t - len(self._ring) / SAMPLE_RATE
+        want = max(onset - self.settings.lead_in_seconds, self._floor_t)
+        idx = min(max(0, round((want - ring_start_t) * SAMPLE_RATE)), len(self._ring))
+        audio = self._ring[idx:].copy()
+        self._chunk = [audio]
+        self._chunk_len = len(audio)
+        self._chunk_start_t = ring_start_t + idx / SAMPLE_RATE
+        self._chunk_speech_start_t = onset
+
+    def _on_speech(self, te: float, events: list[Event]) -> None:
+        self.last_speech_t = te
+        self._chunk_speech_end = self._chunk_len
+        while self._chunk_len > self._max_chunk:  # force cut mid-speech, remainder continues
+            buf = np.concatenate(self._chunk or [])
+            cut_t = self._chunk_start_t + self._max_chunk / SAMPLE_RATE
+            self._emit(buf[: self._max_chunk], final=False, events=events)
+            rest = buf[self._max_chunk :].copy()
+            self._chunk = [rest]
+            self._chunk_len = len(rest)
+            self._chunk_start_t = cut_t
+            self._chunk_speech_start_t = cut_t
+            self._chunk_speech_end = len(rest)
+
+    def _check_silence(self, now: float, events: list[Event]) -> None:
+        s = self.settings
+        assert self._silence_start_t is not None
+        silence = now - self._silence_start_t
+        if not self._paused and silence >= s.chunk_silence_seconds - _EPS:
+            self._paused = True
+            speech = self._silence_start_t - self._chunk_speech_start_t
+            if self._chunk is not None and speech >= s.min_chunk_seconds - _EPS:
+                self._cut_chunk(final=False, events=events)
+            at = self._silence_start_t + s.chunk_silence_seconds
+            events.append(Pause(self._phrase_id, at, self._silence_start_t))
+        if silence >= s.done_speaking_silence_seconds - _EPS:
+            if self._chunk is not None:
+                self._cut_chunk(final=True, events=events)
+            assert self.last_speech_t is not None
+            at = self._silence_start_t + s.done_speaking_silence_seconds
+            events.append(PhraseEnd(self._phrase_id, self._chunks_emitted, self.last_speech_t, at))
+            self._clear_phrase()
+
+    def _cut_chunk(self, final: bool, events: list[Event]) -> None:
+        """Emit the open chunk ending `chunk_tail_seconds` after its last speech."""
+        buf = np.concatenate(self._chunk or [])
+        cut = min(len(buf), self._chunk_speech_end + self._tail, self._max_chunk)
+        self._chunk = None
+        self._chunk_len = 0
+        if self._chunk_speech_end > 0:
+            self._emit(buf[:cut], final=final, events=events)
+
+    def _emit(self, pcm: np.ndarray, final: bool, events: list[Event]) -> None:
+        end_t = self._chunk_start_t + len(pcm) / SAMPLE_RATE
+        events.append(
+            ChunkReady(
+                self._phrase_id, self._chunks_emitted, pcm, self._chunk_start_t, end_t, final
+            )
+        )
+        self._chunks_emitted += 1
+        self._floor_t = end_t
+
+
+def _rms(x: np.ndarray) -> float:
+    v = x.astype(np.float64)
+    return float(np.sqrt(np.mean(v * v)))

@@ -1,0 +1,154 @@
+"""llama.cpp's own HTTP server, embedded in the daemon through xllamacpp.
+
+`xllamacpp.Server(params)` loads the GGUF and starts llama.cpp's C++ server (httplib) on
+loopback in background threads; it speaks the OpenAI-compatible API, so the daemon talks
+to it with the same `OpenAIChat` client it would use for any other server. Inference runs
+in llama.cpp's threads, never on the trio loop. The server stops when the `Server` object
+is destroyed, which `close()` does.
+"""
+
+import logging
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aicallerd.engines import bundled
+
+log = logging.getLogger(__name__)
+
+# llama.cpp log verbosity: 1 = errors only (to stderr), 3 = info, 4 = debug.
+_QUIET = 1
+_CHATTY = 3
+
+
+class LlamaServerError(RuntimeError):
+    """The embedded llama.cpp server could not start."""
+
+
+class EmbeddedLlamaServer:
+    """Run a GGUF model behind an OpenAI-compatible HTTP API on 127.0.0.1 (free port).
+
+    `start()` blocks for the model load (~0.4 s for SmolLM2-135M) and xllamacpp holds
+    the GIL meanwhile, so the trio loop stalls that long even when it runs in a worker
+    thread: do it at startup. `close()` stops the server. Also a context manager.
+    """
+
+    def __init__(
+        self,
+        model_path: str = "bundled",
+        threads: int = 2,
+        ctx_size: int = 2048,
+        *,
+        parallel: int = 1,
+        repeat_penalty: float = 1.1,
+    ) -> None:
+        self.model_path = model_path
+        self.threads = threads
+        self.ctx_size = ctx_size
+        self.parallel = parallel
+        self.repeat_penalty = repeat_penalty
+        self.load_seconds: float | None = None
+        self._server: Any = None
+        self._base_url: str | None = None
+        self._path: Path | None = None
+        self._lock = threading.Lock()
+
+    def _resolve(self) -> Path:
+        if self.model_path == "bundled":
+            try:
+                return bundled.llm_gguf()
+            except bundled.BundledModelError as exc:
+                raise LlamaServerError(f"bundled LLM: {exc}") from exc
+        path = Path(self.model_path).expanduser()
+        if not path.is_file():
+            raise LlamaServerError(f"GGUF model file {path} does not exist")
+        return path
+
+    @property
+    def model_name(self) -> str:
+        """Name the server reports for its model (the GGUF file name without .gguf)."""
+        path = self._path or self._resolve()
+        return path.name.removesuffix(".gguf")
+
+    def start(self) -> None:
+        """Load the model and start serving; idempotent."""
+        with self._lock:
+            if self._server is not None:
+                return
+            path = self._resolve()
+            try:
+                import xllamacpp
+            except ImportError as exc:
+                raise LlamaServerError(
+                    "the Python package 'xllamacpp' is not installed (pip install xllamacpp)"
+                ) from exc
+            params = xllamacpp.CommonParams()
+            params.model.path = str(path)
+            params.model_alias = {path.name.removesuffix(".gguf")}
+            params.n_ctx = self.ctx_size * self.parallel  # llama.cpp splits n_ctx per slot
+            params.n_parallel = self.parallel
+            params.cpuparams.n_threads = self.threads
+            params.cpuparams_batch.n_threads = self.threads
+            params.hostnames = ["127.0.0.1"]
+            params.port = 0  # let the OS pick a free port: no race with other processes
+            params.offline = True  # never reach for Hugging Face
+            params.ui = False
+            params.endpoint_slots = False
+            params.warmup = True
+            # Server-side default for requests that do not set one: SmolLM2-135M otherwise
+            # drifts into copying itself within a few turns.
+            params.sampling.penalty_repeat = self.repeat_penalty
+            params.verbosity = _CHATTY if log.isEnabledFor(logging.DEBUG) else _QUIET
+            started = time.monotonic()
+            try:
+                server = xllamacpp.Server(params)
+            except Exception as exc:
+                raise LlamaServerError(f"llama.cpp could not load {path}: {exc}") from exc
+            self.load_seconds = time.monotonic() - started
+            self._server = server
+            self._path = path
+            self._base_url = str(server.listening_address).rstrip("/")
+            log.info(
+                "%s listening on %s (%.2f s)", self.describe(), self._base_url, self.load_seconds
+            )
+
+    def close(self) -> None:
+        """Stop the server and free the model (llama.cpp joins its threads)."""
+        with self._lock:
+            server, self._server = self._server, None
+            self._base_url = None
+            # Dropping the last reference runs ~Server, which stops the HTTP loop.
+            del server
+
+    @property
+    def base_url(self) -> str:
+        """E.g. "http://127.0.0.1:40123" (no /v1; OpenAIChat adds it)."""
+        if self._base_url is None:
+            raise LlamaServerError("embedded llama.cpp server is not running")
+        return self._base_url
+
+    @property
+    def running(self) -> bool:
+        """True between start() and close()."""
+        return self._server is not None
+
+    def describe(self) -> str:
+        """E.g. "llama.cpp (xllamacpp) SmolLM2-135M-Instruct.Q4_1.gguf, 2 threads, ctx 2048"."""
+        name = (self._path or Path(self.model_path)).name
+        if self.model_path == "bundled" and self._path is None:
+            name = bundled.LLM_GGUF_NAME
+        return f"llama.cpp (xllamacpp) {name}, {self.threads} threads, ctx {self.ctx_size}"
+
+    def __enter__(self) -> "EmbeddedLlamaServer":
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,213 @@
+"""Keep the LLM's reply fit to be spoken on a phone call.
+
+Small local models (SmolLM2-135M by default) follow instructions loosely: they emit markdown,
+lists, emojis and URLs, prefix replies with "Assistant:", run on past the length we asked for,
+and after a few turns copy their previous reply word for word. The prompt asks nicely
+(`SYSTEM_PROMPT`, plus `TURN_GUARDRAIL` appended to every caller turn because a 135M model
+forgets the system prompt quickly); `ReplyFilter` enforces it on each sentence before it
+reaches TTS, because anything the TTS voice reads aloud ("asterisk asterisk") is heard by the
+caller and cannot be taken back.
+
+The filter is sans-I/O and sentence-at-a-time so that the turn can speak sentence 1 while
+sentence 2 is still being generated, and can stop generation as soon as `.done` turns true.
+"""
+
+import re
+import unicodedata
+from urllib.parse import urlsplit
+
+SYSTEM_PROMPT = (
+    "You are a friendly and helpful assistant answering a phone call. "
+    "Everything you write is spoken aloud to the caller by a voice, so talk the way people "
+    "talk on the phone: warm, natural, short sentences. "
+    "Keep every reply to at most three short sentences. "
+    "Never use lists, markdown, emojis, or special symbols. "
+    "If you are not sure what the caller means, ask one short clarifying question. "
+    "If the caller asks whether you are a human, say honestly that you are an AI assistant."
+)
+"""The default system prompt (`[llm] system_prompt` overrides it)."""
+
+TURN_GUARDRAIL = "(Answer naturally in at most 3 short sentences. No lists.)"
+"""A short reminder appended to each caller turn: small models obey the last thing they read."""
+
+
+def guard_user_turn(transcript: str) -> str:
+    """The user message sent to the LLM for one caller turn: the transcript plus the reminder."""
+    return f"{transcript.strip()}\n\n{TURN_GUARDRAIL}"
+
+
+# --- cleaning -------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[A-Za-z0-9_+-]*")
+_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
+_CODE = re.compile(r"`([^`]*)`")
+_BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
+_ITALIC_STAR = re.compile(r"\*(?=\S)([^*]+?)(?<=\S)\*")
+_ITALIC_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_(?=\S)([^_]+?)(?<=\S)_(?![A-Za-z0-9])")
+_HEADING = re.compile(r"^\s*#{1,6}\s+")
+_QUOTE = re.compile(r"^\s*>+\s*")
+_LIST_MARKER = re.compile(r"^\s*(?:[-*+•·▪◦‣–—]|\(?\d{1,3}[.)])\s+")
+_RULE = re.compile(r"^\s*([-*_=])\1{2,}\s*$")
+_ROLE = re.compile(
+    r"^\s*(?:assistant|ai|bot|agent|aicaller|ai assistant|system|response|answer)\s*:\s*",
+    re.IGNORECASE,
+)
+# The model starting to write the caller's next line: everything from here on is invented.
+_OTHER_ROLE = re.compile(r"^\s*(?:user|caller|human|customer|you)\s*:", re.IGNORECASE)
+_URL = re.compile(r"\b(?:https?://|www\.)[^\s<>()\"']+", re.IGNORECASE)
+_ARROW = re.compile(r"\s*(?:->|=>|→|⇒|⟶)\s*")
+_DEGREES = re.compile(r"\s*°\s*([CF])\b")
+_SPACES = re.compile(r"\s+")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?…])")
+_LEADING_JUNK = re.compile(r"^[\s,.;:!?…)\]}–—|/\\]+")
+
+# Characters TTS would read aloud or choke on, with a spoken replacement ("" = drop).
+_REPLACE = {
+    "&": " and ",
+    "°": " degrees ",
+    "*": "",
+    "`": "",
+    "~": "",
+    "^": "",
+    "|": " ",
+    "<": " ",
+    ">": " ",
+    "#": "",
+    "•": " ",
+    "·": " ",
+    "\\": " ",
+    "_": " ",
+    "=": " equals ",
+}
+_SCALES = {"C": "Celsius", "F": "Fahrenheit"}
+# Unicode categories dropped wholesale: other symbols (emoji, dingbats, ©), modifier symbols
+# (skin tones), format characters (zero-width joiner), private use and unassigned.
+_DROP_CATEGORIES = {"So", "Sk", "Cf", "Co", "Cn", "Cs"}
+_DROP_CHARS = {"\ufe0e", "\ufe0f", "\u20e3"}  # variation selectors, keycap
+
+
+def _speakable_url(match: re.Match[str]) -> str:
+    """A URL becomes its host name ("example.com"), which TTS reads as "example dot com"."""
+    url = match.group(0).rstrip(".,;:!?")
+    trail = match.group(0)[len(url) :]
+    if url.lower().startswith("www."):
+        url = "http://" + url
+    host = urlsplit(url).hostname or ""
+    if host.startswith("www."):
+        host = host[4:]
+    return host + trail
+
+
+def _strip_symbols(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _REPLACE:
+            out.append(_REPLACE[ch])
+        elif ch in _DROP_CHARS or unicodedata.category(ch) in _DROP_CATEGORIES:
+            out.append(" ")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def clean_sentence(sentence: str) -> str:
+    """Turn one LLM sentence into plain speakable text ("" if nothing speakable is left)."""
+    text = sentence.replace("\r", " ").replace("\n", " ")
+    if _RULE.match(text):
+        return ""
+    text = _FENCE.sub(" ", text)
+    text = _IMAGE.sub(r"\1", text)
+    text = _LINK.sub(r"\1", text)
+    text = _URL.sub(_speakable_url, text)
+    text = _CODE.sub(r"\1", text)
+    for _ in range(2):  # markers can wrap each other: "**1. Item**", "- **Note:** text"
+        text = _HEADING.sub("", text)
+        text = _QUOTE.sub("", text)
+        text = _LIST_MARKER.sub("", text)
+        text = _BOLD.sub(r"\2", text)
+        text = _ITALIC_STAR.sub(r"\1", text)
+        text = _ITALIC_UNDERSCORE.sub(r"\1", text)
+        text = _ROLE.sub("", text)
+    text = _ARROW.sub(" to ", text)
+    text = _DEGREES.sub(lambda m: " degrees " + _SCALES[m.group(1)], text)
+    text = _strip_symbols(text)
+    text = _SPACES.sub(" ", text)
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+    text = _LEADING_JUNK.sub("", text).strip()
+    if not any(ch.isalnum() for ch in text):
+        return ""
+    return text
+
+
+def _normalize(text: str) -> str:
+    """Comparison form: lowercase words only, so punctuation and spacing do not hide a copy."""
+    return " ".join(re.findall(r"[^\W_]+", text.lower()))
+
+
+class ReplyFilter:
+    """Clean and police one reply, sentence by sentence.
+
+    `accept` returns the text to speak, or None to skip the sentence. `.done` turns true when
+    the rest of the reply must not be spoken (the turn should stop generating): after
+    `max_sentences` were accepted or the reply reached `max_words` (about 15 s of speech: a
+    small model's three "short" sentences can run for half a minute), when the reply repeats a sentence it already said, when it
+    starts copying `previous_reply`, or when the model starts writing the caller's next line.
+    Pass `previous_reply=""` when the caller asked to hear the last answer again.
+    """
+
+    COPY_MIN_CHARS = 24
+    """A copy of the previous reply is only called one once this much of it has been repeated,
+    so that short openers shared by both replies ("Sure.", "Okay.") are still spoken."""
+
+    def __init__(
+        self, max_sentences: int = 3, previous_reply: str = "", max_words: int = 45
+    ) -> None:
+        if max_sentences < 1:
+            raise ValueError("max_sentences must be >= 1")
+        self.max_sentences = max_sentences
+        self.max_words = max_words
+        self._words = 0
+        self.done = False
+        self._previous = _normalize(previous_reply)
+        self._accepted: list[str] = []
+        self._seen: set[str] = set()
+        self._so_far = ""
+
+    @property
+    def spoken_text(self) -> str:
+        """Everything accepted so far, joined: what the turn will have said."""
+        return " ".join(self._accepted)
+
+    @property
+    def sentences(self) -> list[str]:
+        return list(self._accepted)
+
+    def accept(self, sentence: str) -> str | None:
+        if self.done:
+            return None
+        if _OTHER_ROLE.match(sentence):
+            self.done = True
+            return None
+        text = clean_sentence(sentence)
+        if not text:
+            return None
+        norm = _normalize(text)
+        if norm in self._seen:
+            self.done = True
+            return None
+        so_far = f"{self._so_far} {norm}".strip()
+        if (
+            self._previous
+            and len(so_far) >= self.COPY_MIN_CHARS
+            and f"{self._previous} ".startswith(f"{so_far} ")
+        ):
+            self.done = True
+            return None
+        self._so_far = so_far
+        self._seen.add(norm)
+        self._accepted.append(text)
+        self._words += len(text.split())
+        if len(self._accepted) >= self.max_sentences or self._words >= self.max_words:
+            self.done = True
+        return text

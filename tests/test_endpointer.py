@@ -1,0 +1,298 @@
+"""Endpointer on synthetic, deterministic audio: speech is a voiced tone with soft edges over a
+faint noise floor, and the VAD probability comes from a simple per-frame energy rule."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from aicallerd.endpointer import (
+    ChunkReady,
+    Endpointer,
+    EndpointerSettings,
+    Event,
+    Pause,
+    PhraseEnd,
+    Resume,
+    SpeechStart,
+)
+
+SR = 8000
+FRAME = 160
+S = EndpointerSettings()  # defaults: chunk 0.3, done 0.6, min chunk 0.4, lead-in 0.2, start 0.04
+
+
+def word(seconds: float, amp: float = 3000.0) -> np.ndarray:
+    n = round(seconds * SR)
+    t = np.arange(n) / SR
+    x = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 8))
+    x = x / np.sqrt(np.mean(x**2)) * amp
+    ramp = min(40, n // 2)  # 5 ms edges: no clicks, but frames at the edges stay loud
+    env = np.ones(n)
+    env[:ramp] = np.linspace(0, 1, ramp)
+    env[n - ramp :] = np.linspace(1, 0, ramp)
+    return x * env
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(round(seconds * SR))
+
+
+def audio(*parts: np.ndarray) -> np.ndarray:
+    """Concatenate parts over a fixed low noise floor (RMS ~20, under the RMS gate)."""
+    x = np.concatenate(parts)
+    noise = np.random.default_rng(7).standard_normal(len(x)) * 20
+    return np.clip(np.round(x + noise), -32768, 32767).astype(np.int16)
+
+
+def energy_prob(frame: np.ndarray) -> float:
+    return 1.0 if np.sqrt(np.mean(frame.astype(np.float64) ** 2)) > 400 else 0.0
+
+
+def run(
+    x: np.ndarray,
+    frame: int = FRAME,
+    settings: EndpointerSettings = S,
+    prob=energy_prob,
+    ep: Endpointer | None = None,
+) -> list[Event]:
+    ep = ep if ep is not None else Endpointer(settings)
+    events: list[Event] = []
+    for i in range(0, len(x), frame):
+        f = x[i : i + frame]
+        events += ep.feed(f, prob(f), i / SR)
+    return events
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+def of(events: list[Event], cls: type) -> list:
+    return [e for e in events if isinstance(e, cls)]
+
+
+def test_single_utterance() -> None:
+    x = audio(silence(0.5), word(1.0), silence(1.0))
+    ev = run(x)
+    assert kinds(ev) == ["SpeechStart", "ChunkReady", "Pause", "PhraseEnd"]
+    start, chunk, pause, end = ev
+    assert start == SpeechStart(1, pytest.approx(0.5))
+    assert pause == Pause(1, pytest.approx(1.8), pytest.approx(1.5))
+    assert end == PhraseEnd(1, 1, pytest.approx(1.5), pytest.approx(1.5 + 0.6))
+    # lead-in before the onset, a short tail after the last speech, the exact source samples
+    assert (chunk.phrase_id, chunk.index, chunk.final) == (1, 0, False)
+    assert chunk.start_t == pytest.approx(0.3)
+    assert chunk.end_t == pytest.approx(1.6)
+    assert np.array_equal(chunk.pcm8, x[round(0.3 * SR) : round(1.6 * SR)])
+    assert chunk.pcm8.dtype == np.int16
+
+
+def test_two_words_short_gap_two_chunks_with_pause_and_resume() -> None:
+    x = audio(silence(0.5), word(0.6), silence(0.4), word(0.6), silence(1.0))
+    ev = run(x)
+    assert kinds(ev) == [
+        "SpeechStart",
+        "ChunkReady",
+        "Pause",
+        "Resume",
+        "ChunkReady",
+        "Pause",
+        "PhraseEnd",
+    ]
+    c0, c1 = of(ev, ChunkReady)
+    assert {e.phrase_id for e in ev} == {1}
+    assert [c0.index, c1.index] == [0, 1]
+    assert of(ev, Resume)[0].t == pytest.approx(1.5)
+    assert c1.start_t == pytest.approx(1.5 - 0.2)
+    assert c1.end_t == pytest.approx(2.1 + 0.1)
+    end = of(ev, PhraseEnd)[0]
+    assert (end.chunks, end.speech_end_t, end.t) == (2, pytest.approx(2.1), pytest.approx(2.7))
+
+
+def test_next_chunk_lead_in_never_overlaps_previous_chunk() -> None:
+    settings = EndpointerSettings(lead_in_seconds=0.3)
+    x = audio(silence(0.5), word(0.6), silence(0.34), word(0.6), silence(1.0))
+    c0, c1 = of(run(x, settings=settings), ChunkReady)
+    assert c0.end_t == pytest.approx(1.2)
+    assert c1.start_t == pytest.approx(c0.end_t)
+
+
+def test_long_gap_makes_two_phrases() -> None:
+    x = audio(silence(0.5), word(0.6), silence(1.0), word(0.6), silence(1.0))
+    ev = run(x)
+    assert kinds(ev) == ["SpeechStart", "ChunkReady", "Pause", "PhraseEnd"] * 2
+    assert [e.phrase_id for e in of(ev, SpeechStart)] == [1, 2]
+    assert [e.index for e in of(ev, ChunkReady)] == [0, 0]
+    assert [e.t for e in of(ev, SpeechStart)] == [pytest.approx(0.5), pytest.approx(2.1)]
+
+
+@pytest.mark.parametrize("frame", [80, 160])
+def test_click_does_nothing(frame: int) -> None:
+    x = audio(silence(0.5), word(0.02, amp=8000), silence(1.0))
+    assert run(x, frame=frame) == []
+
+
+def test_quiet_speech_below_rms_gate_does_nothing() -> None:
+    x = audio(silence(0.5), word(1.0, amp=100), silence(1.0))
+    assert run(x, prob=lambda f: 1.0) == []
+
+
+def test_low_vad_probability_does_nothing() -> None:
+    x = audio(silence(0.5), word(1.0), silence(1.0))
+    assert run(x, prob=lambda f: 0.49) == []
+
+
+def test_long_speech_is_force_cut_at_max_chunk() -> None:
+    settings = EndpointerSettings(max_chunk_seconds=2.0)
+    x = audio(silence(0.5), word(4.5), silence(1.0))
+    ev = run(x, settings=settings)
+    chunks = of(ev, ChunkReady)
+    assert [round(c.duration, 4) for c in chunks] == [2.0, 2.0, 0.8]
+    assert chunks[0].start_t == pytest.approx(0.3)
+    for a, b in itertools.pairwise(chunks):
+        assert b.start_t == pytest.approx(a.end_t)
+    joined = np.concatenate([c.pcm8 for c in chunks])
+    assert np.array_equal(joined, x[round(0.3 * SR) : round(5.1 * SR)])
+    assert of(ev, PhraseEnd)[0].chunks == 3
+    assert kinds(ev).count("Pause") == 1
+
+
+def test_lead_in_is_clipped_at_stream_start() -> None:
+    x = audio(silence(0.1), word(0.6), silence(1.0))
+    chunk = of(run(x), ChunkReady)[0]
+    assert chunk.start_t == pytest.approx(0.0)
+    assert np.array_equal(chunk.pcm8[:FRAME], x[:FRAME])
+
+
+def test_short_chunk_is_merged_into_the_next() -> None:
+    x = audio(silence(0.5), word(0.26), silence(0.4), word(0.8), silence(1.0))
+    ev = run(x)
+    assert kinds(ev) == ["SpeechStart", "Pause", "Resume", "ChunkReady", "Pause", "PhraseEnd"]
+    (chunk,) = of(ev, ChunkReady)
+    assert chunk.start_t == pytest.approx(0.3)
+    assert chunk.end_t == pytest.approx(1.96 + 0.1)
+
+
+def test_short_phrase_goes_out_final_with_phrase_end() -> None:
+    x = audio(silence(0.5), word(0.3), silence(1.0))
+    ev = run(x)
+    assert kinds(ev) == ["SpeechStart", "Pause", "ChunkReady", "PhraseEnd"]
+    chunk = of(ev, ChunkReady)[0]
+    assert chunk.final
+    assert chunk.end_t == pytest.approx(0.9)
+    assert of(ev, PhraseEnd)[0] == PhraseEnd(1, 1, pytest.approx(0.8), pytest.approx(1.4))
+
+
+def test_click_after_pause_does_not_resume() -> None:
+    x = audio(silence(0.5), word(0.6), silence(0.46), word(0.02, amp=8000), silence(1.0))
+    ev = run(x)
+    assert kinds(ev) == ["SpeechStart", "ChunkReady", "Pause", "PhraseEnd"]
+    assert of(ev, PhraseEnd)[0].t == pytest.approx(1.1 + 0.6)
+
+
+def test_vad_flicker_inside_speech_is_not_a_pause() -> None:
+    x = audio(silence(0.5), word(1.0), silence(1.0))
+    n = [0]
+
+    def flicker(f: np.ndarray) -> float:
+        n[0] += 1
+        return 0.0 if n[0] % 4 == 0 else energy_prob(f)
+
+    assert kinds(run(x, prob=flicker)) == ["SpeechStart", "ChunkReady", "Pause", "PhraseEnd"]
+
+
+def _signature(events: list[Event]) -> list[tuple]:
+    out = []
+    for e in events:
+        if isinstance(e, ChunkReady):
+            out.append(("ChunkReady", e.phrase_id, e.index, e.final, e.start_t, e.end_t))
+        elif isinstance(e, Pause):
+            out.append(("Pause", e.phrase_id, e.t, e.silence_started_t))
+        elif isinstance(e, PhraseEnd):
+            out.append(("PhraseEnd", e.phrase_id, e.chunks, e.speech_end_t, e.t))
+        else:
+            out.append((type(e).__name__, e.phrase_id, e.t))
+    return out
+
+
+@pytest.mark.parametrize("frame", [80, 240, 333])
+def test_odd_frame_sizes_give_the_same_events(frame: int) -> None:
+    x = audio(
+        silence(0.5),
+        word(0.6),
+        silence(0.4),
+        word(0.26),
+        silence(0.4),
+        word(0.9),
+        silence(1.2),
+        word(0.7),
+        silence(1.0),
+    )
+    ref = _signature(run(x, frame=FRAME))
+    got = _signature(run(x, frame=frame))
+    assert [r[:2] for r in ref] == [g[:2] for g in got]
+    tol = max(frame, FRAME) / SR + 1e-9
+    for r, g in zip(ref, got, strict=True):
+        for a, b in zip(r[2:], g[2:], strict=True):
+            assert a == pytest.approx(b, abs=tol)
+
+
+def test_missing_frames_count_as_silence() -> None:
+    x = audio(silence(0.5), word(1.0), silence(1.0))
+    ep = Endpointer(S)
+    events: list[Event] = []
+    for i in range(0, len(x), FRAME):
+        if 1.6 <= i / SR < 2.3:  # frames lost in transit
+            continue
+        f = x[i : i + FRAME]
+        events += ep.feed(f, energy_prob(f), i / SR)
+    assert kinds(events) == ["SpeechStart", "ChunkReady", "Pause", "PhraseEnd"]
+    assert of(events, PhraseEnd)[0].t == pytest.approx(2.1)
+    assert of(events, ChunkReady)[0].end_t == pytest.approx(1.6)
+
+
+def test_state_properties_follow_the_phrase() -> None:
+    x = audio(silence(0.5), word(1.0), silence(1.0))
+    ep = Endpointer(S)
+    seen = {}
+    for i in range(0, len(x), FRAME):
+        f = x[i : i + FRAME]
+        ep.feed(f, energy_prob(f), i / SR)
+        seen[round((i + FRAME) / SR, 2)] = (ep.in_phrase, ep.speaking, ep.silence_seconds)
+    assert seen[0.5] == (False, False, pytest.approx(0.5))
+    assert seen[1.0] == (True, True, 0.0)
+    assert seen[1.7] == (True, False, pytest.approx(0.2))
+    assert seen[2.1] == (False, False, pytest.approx(0.6))
+    assert ep.last_speech_t == pytest.approx(1.5)
+
+
+def test_reset_drops_the_phrase() -> None:
+    x = audio(silence(0.5), word(2.0), silence(1.0))
+    ep = Endpointer(S)
+    events: list[Event] = []
+    for i in range(0, len(x), FRAME):
+        f = x[i : i + FRAME]
+        if i == round(1.0 * SR):
+            ep.reset()
+            assert not ep.in_phrase
+        events += ep.feed(f, energy_prob(f), i / SR)
+    starts = of(events, SpeechStart)
+    assert [s.phrase_id for s in starts] == [1, 2]
+    assert starts[1].t == pytest.approx(1.0)
+    assert [e.phrase_id for e in of(events, PhraseEnd)] == [2]
+    chunk = of(events, ChunkReady)[0]
+    assert (chunk.phrase_id, chunk.start_t) == (2, pytest.approx(1.0))
+
+
+def test_empty_frame_is_ignored() -> None:
+    assert Endpointer(S).feed(np.zeros(0, dtype=np.int16), 1.0, 0.0) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"chunk_silence_seconds": 0}, {"lead_in_seconds": -1}, {"max_chunk_seconds": 0.1}],
+)
+def test_invalid_settings_are_rejected(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        EndpointerSettings(**kwargs)

@@ -1,0 +1,191 @@
+import pytest
+
+from aicallerd.text.guardrail import (
+    SYSTEM_PROMPT,
+    TURN_GUARDRAIL,
+    ReplyFilter,
+    clean_sentence,
+    guard_user_turn,
+)
+
+
+def test_prompts() -> None:
+    lowered = SYSTEM_PROMPT.lower()
+    for must in ("phone", "three short sentences", "lists", "markdown", "emojis", "question"):
+        assert must in lowered
+    assert "ai assistant" in lowered  # never claims to be human
+    assert len(TURN_GUARDRAIL) < 80 and "3" in TURN_GUARDRAIL
+    assert guard_user_turn("  What time is it? ") == f"What time is it?\n\n{TURN_GUARDRAIL}"
+
+
+CLEAN_CASES = [
+    ("Hello there.", "Hello there."),
+    ("  Hello   there.  ", "Hello there."),
+    # markdown
+    ("**Bold** move.", "Bold move."),
+    ("This is *really* good.", "This is really good."),
+    ("This is _really_ good.", "This is really good."),
+    ("Use __strong__ words.", "Use strong words."),
+    ("Type `ls -l` now.", "Type ls -l now."),
+    ("```python", ""),
+    ("## Opening hours", "Opening hours"),
+    ("# Title", "Title"),
+    ("> Quoted advice.", "Quoted advice."),
+    ("See [our website](https://example.com/x) for more.", "See our website for more."),
+    ("![a cat](cat.png) Cute.", "a cat Cute."),
+    ("---", ""),
+    ("***", ""),
+    ("a * b", "a b"),
+    ("snake_case_name is fine.", "snake case name is fine."),
+    # list markers
+    ("- Milk", "Milk"),
+    ("* Eggs", "Eggs"),
+    ("+ Bread", "Bread"),
+    ("• Butter", "Butter"),
+    ("1. First, call us.", "First, call us."),
+    ("2) Then wait.", "Then wait."),
+    ("10. Tenth.", "Tenth."),
+    ("- **Note:** it is late.", "Note: it is late."),
+    ("**1. Open the door.**", "Open the door."),
+    ("J. Smith will call.", "J. Smith will call."),  # an initial is not a list marker
+    ("3.5 percent is the rate.", "3.5 percent is the rate."),
+    ("-5 degrees outside.", "-5 degrees outside."),
+    # emojis and symbols
+    ("Great job! 😊", "Great job!"),
+    ("👍 Sounds good.", "Sounds good."),
+    ("Have fun 🎉🎉!", "Have fun!"),
+    ("Thumbs 👍🏽 up.", "Thumbs up."),
+    ("Family 👨‍👩‍👧 time.", "Family time."),
+    ("Rated ★★★★☆ by users.", "Rated by users."),
+    ("Call 1️⃣ now.", "Call 1 now."),
+    ("It is 20°C today.", "It is 20 degrees Celsius today."),
+    ("About 70 °F.", "About 70 degrees Fahrenheit."),
+    ("Turn it 90°.", "Turn it 90 degrees."),
+    ("Salt & pepper.", "Salt and pepper."),
+    ("Go from A -> B.", "Go from A to B."),
+    ("Go from A → B.", "Go from A to B."),
+    ("Press # then 5.", "Press then 5."),
+    ("Ticket #42 is ready.", "Ticket 42 is ready."),
+    ("Math: 2 + 2 = 4.", "Math: 2 + 2 equals 4."),
+    ("It costs $5 or €4.", "It costs $5 or €4."),
+    ("Café au lait, naïve.", "Café au lait, naïve."),
+    ("😊", ""),
+    ("...", ""),
+    ("- ", ""),
+    ("", ""),
+    # role prefixes
+    ("Assistant: Hello!", "Hello!"),
+    ("AI: Sure thing.", "Sure thing."),
+    ("**Assistant:** Hi.", "Hi."),
+    ("assistant : hi.", "hi."),
+    # URLs become their host name
+    ("Go to https://www.example.com/path?q=1 today.", "Go to example.com today."),
+    ("Visit www.twilio.com.", "Visit twilio.com."),
+    ("See http://docs.example.org/a/b, then call.", "See docs.example.org, then call."),
+    ("Mail me at bob@example.com.", "Mail me at bob@example.com."),
+]
+
+
+@pytest.mark.parametrize(("raw", "clean"), CLEAN_CASES)
+def test_clean_sentence(raw: str, clean: str) -> None:
+    assert clean_sentence(raw) == clean
+
+
+@pytest.mark.parametrize(("raw", "clean"), CLEAN_CASES)
+def test_accept_returns_the_clean_text(raw: str, clean: str) -> None:
+    f = ReplyFilter()
+    assert f.accept(raw) == (clean or None)
+    assert f.done is False
+    assert f.spoken_text == clean
+
+
+# (sentences in, what accept returns for each, done at the end, options)
+REPLY_CASES: list[tuple[list[str], list[str | None], bool, dict]] = [
+    (["Hi.", "How are you?"], ["Hi.", "How are you?"], False, {}),
+    # at most max_sentences: done as soon as the last one is accepted
+    (["One.", "Two.", "Three.", "Four."], ["One.", "Two.", "Three.", None], True, {}),
+    (["One.", "Two."], ["One.", None], True, {"max_sentences": 1}),
+    (["One.", "Two."], ["One.", "Two."], True, {"max_sentences": 2}),
+    # empty sentences do not count
+    (["😊", "One.", "**", "Two.", "Three."], [None, "One.", None, "Two.", "Three."], True, {}),
+    # a sentence repeated within the reply stops it
+    (["I can help.", "I can help.", "Bye."], ["I can help.", None, None], True, {}),
+    (["I can help.", "**I can HELP!**"], ["I can help.", None], True, {}),
+    # the model writing the caller's next line stops the reply
+    (["Sure.", "User: what now?", "More."], ["Sure.", None, None], True, {}),
+    (["Caller: hello"], [None], True, {}),
+    # copying the previous reply: drop the copy and stop
+    (
+        ["I can help you book a table for tonight.", "What time?"],
+        [None, None],
+        True,
+        {"previous_reply": "I can help you book a table for tonight. What time?"},
+    ),
+    (
+        ["Sure.", "I can help you book a table for tonight."],
+        ["Sure.", None],
+        True,
+        {"previous_reply": "Sure. I can help you book a table for tonight. What time works?"},
+    ),
+    # a short shared opener is not a copy
+    (
+        ["Sure.", "The shop opens at nine."],
+        ["Sure.", "The shop opens at nine."],
+        False,
+        {"previous_reply": "Sure. I can help you book a table for tonight."},
+    ),
+    (["Okay."], ["Okay."], False, {"previous_reply": "Okay."}),
+    # same words, different reply: not a copy
+    (
+        ["I can help you book a table for tomorrow."],
+        ["I can help you book a table for tomorrow."],
+        False,
+        {"previous_reply": "I can help you book a table for tonight."},
+    ),
+    # a copy is judged on words, not on punctuation or markdown
+    (
+        ["**I can help you** book a table, for tonight!"],
+        [None],
+        True,
+        {"previous_reply": "I can help you book a table for tonight."},
+    ),
+    # "tables" is not "table": whole words only
+    (
+        ["I can help you book a table"],
+        ["I can help you book a table"],
+        False,
+        {"previous_reply": "I can help you book a tables now."},
+    ),
+]
+
+
+@pytest.mark.parametrize(("sentences", "results", "done", "options"), REPLY_CASES)
+def test_reply_filter(
+    sentences: list[str], results: list[str | None], done: bool, options: dict
+) -> None:
+    f = ReplyFilter(**options)
+    assert [f.accept(s) for s in sentences] == results
+    assert f.done is done
+    assert f.spoken_text == " ".join(r for r in results if r)
+    assert f.sentences == [r for r in results if r]
+
+
+def test_nothing_after_done() -> None:
+    f = ReplyFilter(max_sentences=1)
+    assert f.accept("One.") == "One."
+    assert f.done
+    assert f.accept("Two.") is None
+    assert f.spoken_text == "One."
+
+
+def test_bad_max_sentences() -> None:
+    with pytest.raises(ValueError):
+        ReplyFilter(max_sentences=0)
+
+
+def test_word_budget_stops_a_rambling_reply_after_the_sentence_that_crosses_it():
+    f = ReplyFilter(max_sentences=3, max_words=12)
+    first = "I am sorry for any confusion but I cannot see the schedule right now."
+    assert f.accept(first) == first
+    assert f.done
+    assert f.accept("Anything else?") is None

@@ -1,0 +1,124 @@
+"""The embedded llama.cpp server (xllamacpp) with the bundled SmolLM2, driven by OpenAIChat."""
+
+import re
+import time
+from collections.abc import Iterator
+from contextlib import aclosing
+
+import httpx
+import pytest
+import trio
+
+from aicallerd.engines.llama_server import EmbeddedLlamaServer, LlamaServerError
+from aicallerd.engines.llm import LLMError, OpenAIChat
+
+SYSTEM = "You are a friendly phone assistant. Answer in one or two short sentences."
+MESSAGES = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": "Hi, can you tell me what time you open tomorrow?"},
+]
+ENGLISH = {"the", "a", "you", "i", "to", "is", "we", "are", "and", "can", "of", "at", "open", "it"}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[EmbeddedLlamaServer]:
+    srv = EmbeddedLlamaServer(threads=2, ctx_size=2048)
+    srv.start()
+    yield srv
+    srv.close()
+
+
+async def stream(llm: OpenAIChat, max_tokens: int) -> tuple[list[str], float, float]:
+    """(deltas, first-delta latency, total time)."""
+    deltas: list[str] = []
+    t0 = time.monotonic()
+    first = 0.0
+    async with aclosing(llm.stream_chat(MESSAGES, max_tokens=max_tokens, temperature=0.3)) as it:
+        async for delta in it:
+            if not deltas:
+                first = time.monotonic() - t0
+            deltas.append(delta)
+    return deltas, first, time.monotonic() - t0
+
+
+def test_start_is_quiet_and_close_stops_serving(capfd: pytest.CaptureFixture[str]) -> None:
+    srv = EmbeddedLlamaServer()
+    with srv:
+        assert srv.running
+        url = srv.base_url
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+        assert httpx.get(url + "/health", timeout=5).json() == {"status": "ok"}
+        assert srv.load_seconds is not None and srv.load_seconds < 30
+    out, err = capfd.readouterr()
+    assert out == ""  # nothing on stdout, ever
+    assert err == ""  # llama.cpp's info logs are off unless our logger is at DEBUG
+    assert not srv.running
+    with pytest.raises(LlamaServerError):
+        _ = srv.base_url
+
+    async def after_close() -> None:
+        async with httpx.AsyncClient() as client:
+            await OpenAIChat(url, "x", client).health()
+
+    with pytest.raises(LLMError, match="unreachable"):
+        trio.run(after_close)
+
+
+def test_streams_an_english_reply_within_max_tokens(server: EmbeddedLlamaServer) -> None:
+    async def go() -> tuple[list[str], float, float]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            llm = OpenAIChat(server.base_url, server.model_name, client, repeat_penalty=1.15)
+            await stream(llm, 8)  # warm the prompt cache, as a first turn would
+            return await stream(llm, 40)
+
+    deltas, first, total = trio.run(go)
+    text = "".join(deltas)
+    assert text.strip()
+    assert 1 <= len(deltas) <= 40  # llama.cpp streams one token per delta
+    words = set(re.findall(r"[a-z']+", text.lower()))
+    assert words & ENGLISH, text
+    rate = (len(deltas) - 1) / max(total - first, 1e-6)
+    print(f"\nllama.cpp: first token {first * 1000:.0f} ms, {rate:.0f} tokens/s: {text!r}")
+    assert first < 5.0
+
+
+def test_back_to_back_requests_reuse_or_retry(server: EmbeddedLlamaServer) -> None:
+    """llama.cpp sometimes drops a kept-alive connection after a stream; no turn may fail."""
+
+    async def go() -> list[str]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            llm = OpenAIChat(server.base_url, server.model_name, client)
+            return ["".join((await stream(llm, 4))[0]) for _ in range(6)]
+
+    replies = trio.run(go)
+    assert all(r.strip() for r in replies)
+
+
+def test_early_stop_frees_the_slot(server: EmbeddedLlamaServer) -> None:
+    async def go() -> str:
+        async with httpx.AsyncClient(timeout=30) as client:
+            llm = OpenAIChat(server.base_url, server.model_name, client)
+            it = llm.stream_chat(MESSAGES, max_tokens=200, temperature=0.3)
+            async with aclosing(it):
+                async for _ in it:
+                    break
+            with trio.fail_after(10):
+                return "".join((await stream(llm, 5))[0])
+
+    assert trio.run(go).strip()
+
+
+def test_health_and_describe(server: EmbeddedLlamaServer) -> None:
+    async def go() -> str:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await OpenAIChat(server.base_url, server.model_name, client).health()
+
+    assert "SmolLM2-135M-Instruct" in trio.run(go)
+    assert server.describe() == (
+        "llama.cpp (xllamacpp) SmolLM2-135M-Instruct.Q4_1.gguf, 2 threads, ctx 2048"
+    )
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path: object) -> None:
+    with pytest.raises(LlamaServerError, match="does not exist"):
+        EmbeddedLlamaServer(model_path="/nonexistent/model.gguf").start()

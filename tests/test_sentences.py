@@ -1,0 +1,192 @@
+import random
+
+import pytest
+
+from aicallerd.text.sentences import SentenceSplitter
+
+# (text, expected pieces, splitter options)
+CASES: list[tuple[str, list[str], dict[str, int]]] = [
+    ("Hello there. How are you?", ["Hello there.", "How are you?"], {}),
+    ("Great! Thanks? Sure.", ["Great!", "Thanks?", "Sure."], {}),
+    ("Really?! Yes.", ["Really?!", "Yes."], {}),
+    ("No trailing punctuation", ["No trailing punctuation"], {}),
+    ("", [], {}),
+    ("   ", [], {}),
+    # decimals, times, versions, amounts: no space after the period
+    ("It costs 3.5 dollars. Okay?", ["It costs 3.5 dollars.", "Okay?"], {}),
+    ("Meet at 10.30 tomorrow. Bye.", ["Meet at 10.30 tomorrow.", "Bye."], {}),
+    ("That is $1,234.56 in total. Fine.", ["That is $1,234.56 in total.", "Fine."], {}),
+    ("Use version 2.0.1 now. Done.", ["Use version 2.0.1 now.", "Done."], {}),
+    ("Visit example.com today. Thanks.", ["Visit example.com today.", "Thanks."], {}),
+    # abbreviations
+    ("Mr. Smith is here. He waits.", ["Mr. Smith is here.", "He waits."], {}),
+    ("Mrs. Jones and Dr. Who came. Yes.", ["Mrs. Jones and Dr. Who came.", "Yes."], {}),
+    ("I live on Baker St. It is nice.", ["I live on Baker St. It is nice."], {}),
+    ("Bring fruit, e.g. apples. Thanks.", ["Bring fruit, e.g. apples.", "Thanks."], {}),
+    ("Bring fruit, e.g. Apples. Thanks.", ["Bring fruit, e.g. Apples.", "Thanks."], {}),
+    ("That is, i.e. the rest. Ok.", ["That is, i.e. the rest.", "Ok."], {}),
+    ("Cats vs. dogs. Who wins?", ["Cats vs. dogs.", "Who wins?"], {}),
+    ("Apples, pears, etc. and more. Ok.", ["Apples, pears, etc. and more.", "Ok."], {}),
+    ("Apples, pears, etc. Then more.", ["Apples, pears, etc.", "Then more."], {}),
+    ("Open at 9 a.m. tomorrow. Bye.", ["Open at 9 a.m. tomorrow.", "Bye."], {}),
+    ("It opens at 9 a.m. See you.", ["It opens at 9 a.m.", "See you."], {}),
+    ("Closes at 5 p.m. on Friday.", ["Closes at 5 p.m. on Friday."], {}),
+    ("The U.S. economy grew. Yes.", ["The U.S. economy grew.", "Yes."], {}),
+    ("I moved to the U.S. Then I stayed.", ["I moved to the U.S.", "Then I stayed."], {}),
+    ("Prices rose approx. ten percent. Ok.", ["Prices rose approx. ten percent.", "Ok."], {}),
+    ("Call on Jan. 5 please. Ok.", ["Call on Jan. 5 please.", "Ok."], {}),
+    # initials
+    ("J. Smith called. Call back.", ["J. Smith called.", "Call back."], {}),
+    ("J. R. R. Tolkien wrote it. Yes.", ["J. R. R. Tolkien wrote it.", "Yes."], {}),
+    ("Neither do I. Then what?", ["Neither do I.", "Then what?"], {}),
+    # ellipses always split, mid-sentence too
+    ("Well... let me think. Okay.", ["Well...", "let me think.", "Okay."], {}),
+    ("Hmm… maybe. Yes.", ["Hmm…", "maybe.", "Yes."], {}),
+    ("Wait... What?", ["Wait...", "What?"], {}),
+    # closing quotes and brackets stay with their sentence
+    ('He said "hi." Then left.', ['He said "hi."', "Then left."], {}),
+    ("It is done (mostly.) Next one.", ["It is done (mostly.)", "Next one."], {}),
+    ("“Really?” she asked. Yes.", ["“Really?”", "she asked.", "Yes."], {}),
+    ("**Note.** Read it.", ["**Note.**", "Read it."], {}),
+    # a lowercase word after a period: an unknown abbreviation, not an end
+    ("Call Ext. five please. Ok.", ["Call Ext. five please.", "Ok."], {}),
+    # no space, no split; never mid-word
+    ("Hello.World is a word.", ["Hello.World is a word."], {}),
+    ("Hello!World", ["Hello!World"], {}),
+    # newlines: lists and paragraphs
+    (
+        "Here you go:\n1. Milk\n2. Eggs\n- Bread",
+        ["Here you go:", "1. Milk", "2. Eggs", "- Bread"],
+        {},
+    ),
+    ("First line\n\n\nSecond line.", ["First line", "Second line."], {}),
+    ("Done.\nNext.", ["Done.", "Next."], {}),
+    ("1. Buy milk. 2. Buy eggs.", ["1. Buy milk.", "2. Buy eggs."], {}),
+    ("Dr.\nWho", ["Dr.", "Who"], {}),
+    # whitespace is collapsed
+    ("  Lots   of\tspace.   Here.  ", ["Lots of space.", "Here."], {}),
+    # pieces without words join the next one
+    ("... Hello. !!! Bye.", ["... Hello.", "!!! Bye."], {}),
+    # min_chars: short pieces join the next
+    ("Hi. How are you? Good.", ["Hi. How are you?", "Good."], {"min_chars": 10}),
+    ("Yes.\nNo.\nMaybe so, friend.", ["Yes. No. Maybe so, friend."], {"min_chars": 10}),
+    ("Ok.", ["Ok."], {"min_chars": 10}),
+    # first clause: only a short opener, only the first piece
+    ("Sure, I can help. Bye, ok.", ["Sure,", "I can help.", "Bye, ok."], {"first_clause_chars": 9}),
+    ("Okay so, here it is.", ["Okay so,", "here it is."], {"first_clause_chars": 12}),
+    ("Oh yes sure, fine.", ["Oh yes sure,", "fine."], {"first_clause_chars": 12}),
+    ("One two three four, five.", ["One two three four, five."], {"first_clause_chars": 30}),
+    ("Absolutely wonderful, yes.", ["Absolutely wonderful, yes."], {"first_clause_chars": 12}),
+    ("Well: here it is.", ["Well:", "here it is."], {"first_clause_chars": 12}),
+    ("Right; go on.", ["Right;", "go on."], {"first_clause_chars": 12}),
+    ("Okay — so now what?", ["Okay,", "so now what?"], {"first_clause_chars": 12}),
+    ("Okay - so now what?", ["Okay,", "so now what?"], {"first_clause_chars": 12}),
+    ("A well-known fact, yes.", ["A well-known fact,", "yes."], {"first_clause_chars": 20}),
+    ("Okay—so now.", ["Okay—so now."], {"first_clause_chars": 12}),
+    ("It has 1,000 items, ok.", ["It has 1,000 items, ok."], {"first_clause_chars": 12}),
+    ("1, 2, 3, go.", ["1, 2, 3, go."], {"first_clause_chars": 12}),
+    ("At 10:30, we meet.", ["At 10:30,", "we meet."], {"first_clause_chars": 12}),
+    ("Sure, I can help.", ["Sure, I can help."], {}),
+    ("Sure,", ["Sure,"], {"first_clause_chars": 12}),
+    ("Sure, I can.", ["Sure,", "I can."], {"first_clause_chars": 12, "min_chars": 20}),
+]  # fmt: skip
+
+
+def feed_in_chunks(text: str, cuts: list[int], **options: int) -> list[str]:
+    splitter = SentenceSplitter(**options)
+    out: list[str] = []
+    start = 0
+    for cut in [*cuts, len(text)]:
+        out += splitter.feed(text[start:cut])
+        start = cut
+    return out + splitter.flush()
+
+
+@pytest.mark.parametrize(("text", "expected", "options"), CASES)
+def test_whole_text(text: str, expected: list[str], options: dict[str, int]) -> None:
+    assert feed_in_chunks(text, [], **options) == expected
+
+
+@pytest.mark.parametrize(("text", "expected", "options"), CASES)
+def test_char_by_char(text: str, expected: list[str], options: dict[str, int]) -> None:
+    assert feed_in_chunks(text, list(range(1, len(text))), **options) == expected
+
+
+@pytest.mark.parametrize(("text", "expected", "options"), CASES)
+def test_random_chunks(text: str, expected: list[str], options: dict[str, int]) -> None:
+    rng = random.Random(text)
+    for _ in range(30):
+        k = rng.randint(0, max(0, len(text) - 1))
+        cuts = sorted(rng.sample(range(1, len(text)), k)) if len(text) > 1 else []
+        assert feed_in_chunks(text, cuts, **options) == expected, cuts
+
+
+def test_emits_as_soon_as_the_boundary_is_confirmed() -> None:
+    s = SentenceSplitter()
+    assert s.feed("Hello there.") == []
+    assert s.feed(" ") == []  # could still be "Dr. Smith"-like: wait for the next word
+    assert s.feed("How") == ["Hello there."]
+    assert s.feed(" are you?") == []
+    assert s.feed("\n") == ["How are you?"]  # a newline confirms on its own
+    assert s.flush() == []
+
+
+def test_llm_style_tokens() -> None:
+    tokens = ["Sure", "!", " The", " store", " opens", " at", " 9", " a", ".m", ".", " Bye", "."]
+    s = SentenceSplitter()
+    got = [s.feed(t) for t in tokens]
+    assert got == [[], [], ["Sure!"], [], [], [], [], [], [], [], ["The store opens at 9 a.m."], []]
+    assert s.flush() == ["Bye."]
+
+
+def test_first_clause_latency() -> None:
+    s = SentenceSplitter(first_clause_chars=12)
+    assert s.feed("Sure,") == []
+    assert s.feed(" I") == ["Sure,"]
+    assert s.feed(" can, yes, help.") == []
+    assert s.flush() == ["I can, yes, help."]
+
+
+def test_flush_resets_for_the_next_reply() -> None:
+    s = SentenceSplitter(first_clause_chars=12)
+    assert s.feed("Okay, one. Two") == ["Okay,", "one."]
+    assert s.flush() == ["Two"]
+    assert s.feed("Sure, three. ") == ["Sure,"]
+    assert s.feed("X") == ["three."]
+    assert s.flush() == ["X"]
+    assert s.flush() == []
+
+
+def test_long_stream_is_linear_enough() -> None:
+    text = "This is a sentence with 3.5 things, e.g. apples. " * 400
+    s = SentenceSplitter()
+    out: list[str] = []
+    for ch in text:
+        out += s.feed(ch)
+    out += s.flush()
+    assert len(out) == 400
+    assert set(out) == {"This is a sentence with 3.5 things, e.g. apples."}
+
+
+FRAGMENTS = [
+    "Hello", " there", ".", " ", "  ", "\n", "!", "?", "...", "…", ",", ":", ";", " —", " -",
+    "Dr", "e.g", "a.m", "U.S", "J", "3", ".5", "etc", '"', ")", "**", "ok", " Yes", " no",
+    "1", "\t", "Sure", " I", "x",
+]  # fmt: skip
+
+
+def squash(text: str) -> str:
+    return "".join(ch for ch in text if not ch.isspace() and ch not in ",—-")
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("options", [{}, {"min_chars": 8}, {"first_clause_chars": 10}])
+def test_chunking_never_changes_the_result(seed: int, options: dict[str, int]) -> None:
+    rng = random.Random(seed)
+    text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 60)))
+    whole = feed_in_chunks(text, [], **options)
+    # nothing lost, nothing added (an opener's dash becomes a comma)
+    assert squash("".join(whole)) == squash(text)
+    for _ in range(10):
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, len(text) - 1)))
+        assert feed_in_chunks(text, cuts, **options) == whole, (text, cuts)

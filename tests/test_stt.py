@@ -1,0 +1,129 @@
+"""Transcriber on real synthetic speech (espeak-ng, or Piper when espeak is missing), 8 kHz."""
+
+import re
+import time
+from collections.abc import Iterator
+
+import jiwer
+import numpy as np
+import pytest
+import trio
+from speech import speak
+
+from aicallerd.engines.stt import STTError, Transcriber, clean_transcript
+
+PHRASE = "Hello, I would like to book a table for two people tomorrow evening."
+SHORT = "Can you call me back later today?"
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    def norm(s: str) -> str:
+        return " ".join(re.sub(r"[^a-z0-9' ]", " ", s.lower()).split())
+
+    return jiwer.wer(norm(reference), norm(hypothesis))
+
+
+@pytest.fixture(scope="module")
+def stt() -> Iterator[Transcriber]:
+    t = Transcriber()
+    t.load()
+    t.warm()
+    yield t
+
+
+def test_transcribes_speech(stt: Transcriber) -> None:
+    pcm8 = speak(PHRASE, rate=8000)
+    assert pcm8.dtype == np.int16
+    text = stt.transcribe_sync(pcm8)
+    assert wer(PHRASE, text) < 0.3, text
+
+
+def test_short_utterance_latency(stt: Transcriber) -> None:
+    pcm8 = speak(SHORT, rate=8000)
+    t0 = time.monotonic()
+    text = stt.transcribe_sync(pcm8)
+    elapsed = time.monotonic() - t0
+    print(f"\nwhisper: {len(pcm8) / 8000:.2f} s of audio in {elapsed:.2f} s: {text!r}")
+    assert wer(SHORT, text) < 0.3, text
+    assert elapsed < 10  # a sanity bound only; the real number is printed
+
+
+def test_async_transcribe_runs_in_worker_threads(stt: Transcriber) -> None:
+    a, b = speak(PHRASE, rate=8000), speak(SHORT, rate=8000)
+
+    async def main() -> tuple[str, str, int]:
+        results: dict[str, str] = {}
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.sleep(0.01)
+
+        async def one(key: str, pcm: np.ndarray) -> None:
+            results[key] = await stt.transcribe(pcm)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            async with trio.open_nursery() as work:
+                work.start_soon(one, "a", a)
+                work.start_soon(one, "b", b)
+            nursery.cancel_scope.cancel()
+        return results["a"], results["b"], ticks
+
+    text_a, text_b, ticks = trio.run(main)
+    assert wer(PHRASE, text_a) < 0.3 and wer(SHORT, text_b) < 0.3
+    assert ticks > 5  # the loop kept running while Whisper worked
+    assert stt.limiter.total_tokens == 1
+
+
+def test_cancelled_transcribe_returns_at_once(stt: Transcriber) -> None:
+    pcm8 = speak(PHRASE, rate=8000)
+
+    async def main() -> float:
+        t0 = trio.current_time()
+        with trio.move_on_after(0.01):
+            await stt.transcribe(pcm8)
+        elapsed = trio.current_time() - t0
+        # The abandoned thread still holds the limiter until Whisper finishes; the next
+        # call simply queues behind it.
+        assert wer(SHORT, await stt.transcribe(speak(SHORT, rate=8000))) < 0.3
+        return elapsed
+
+    assert trio.run(main) < 0.2
+
+
+def test_silence_and_noise_give_nothing(stt: Transcriber) -> None:
+    rng = np.random.default_rng(7)
+    assert stt.transcribe_sync(np.zeros(16000, dtype=np.int16)) == ""
+    assert stt.transcribe_sync(rng.normal(0, 40, 24000).astype(np.int16)) == ""
+    assert stt.transcribe_sync(np.zeros(0, dtype=np.int16)) == ""
+    assert stt.transcribe_sync(np.zeros(400, dtype=np.int16)) == ""  # 50 ms
+
+
+def test_clean_transcript_is_conservative() -> None:
+    assert clean_transcript(" Thank you.", rms=12.0) == ""
+    assert clean_transcript("you", rms=3.0) == ""
+    assert clean_transcript(" Thank you.", rms=2500.0) == "Thank you."  # a caller said it
+    assert clean_transcript("Thank you, bye now.", rms=5.0) == "Thank you, bye now."
+    assert clean_transcript("[BLANK_AUDIO]", rms=2500.0) == ""
+    assert clean_transcript("(upbeat music)", rms=2500.0) == ""
+    assert clean_transcript(" ...", rms=2500.0) == ""
+    assert clean_transcript("  Hello   there. ", rms=2500.0) == "Hello there."
+
+
+def test_describe(stt: Transcriber) -> None:
+    assert stt.describe() == "faster-whisper tiny.en int8"
+
+
+def test_model_that_would_need_a_download_fails_fast() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(STTError, match="not available offline"):
+        Transcriber(model="large-v3").load()
+    assert time.monotonic() - t0 < 10
+
+
+def test_missing_model_directory() -> None:
+    with pytest.raises(STTError, match="does not exist"):
+        Transcriber(model="/nonexistent/whisper").load()
