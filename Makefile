@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # the same way systemd hands the daemon STATE_DIRECTORY and RUNTIME_DIRECTORY.
 RUNDIR := $(CURDIR)/.run
 
-.PHONY: install run test lint bench system-deps clean
+.PHONY: install run call test lint bench system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ run: $(STAMP)
 	mkdir -p $(RUNDIR)/state
 	STATE_DIRECTORY=$(RUNDIR)/state RUNTIME_DIRECTORY=$(RUNDIR) \
 	    $(BIN)/aicallerd --config etc/aicaller.conf
+
+# From a second terminal while `make run` is up: a test call through the local Twilio
+# stand-in (no Twilio account needed). Override the script: make call SAY='--say "Hi"'
+SAY ?= --say "What time do you open tomorrow?" --say "Do you have parking?" --say "Okay, thank you very much. Bye bye."
+call: $(STAMP)
+	STATE_DIRECTORY=$(RUNDIR)/state $(BIN)/aicallerctl test-call --config etc/aicaller.conf $(SAY)
 
 # Real parts the tests use: espeak-ng (a caller voice unlike the agent's), caddy (TLS proxy),
 # systemd (systemd-analyze for the unit). Installed with apt when missing.

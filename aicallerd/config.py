@@ -51,8 +51,9 @@ Schema (``section.key = default  [ENVIRONMENT_VARIABLE]``; etc/aicaller.conf doc
     max_chunk_seconds = 10.0                [MAXCHUNK_DURATION_SECONDS] > 0
     lead_in_seconds = 0.2                   [LEAD_IN_DURATION_SECONDS] >= 0
     barge_in = true
-    barge_in_min_speech_seconds = 0.3       >= 0
+    barge_in_min_speech_seconds = 0.2       >= 0
     barge_in_min_words = 0                  >= 0
+    barge_in_ignore_backchannels = true
     speculative = true
 [stt]
     use_local_whisper = true                [USE_LOCAL_WHISPER] must be true for now
@@ -252,6 +253,7 @@ class TurnConfig(_Section):
     barge_in: bool
     barge_in_min_speech_seconds: float
     barge_in_min_words: int
+    barge_in_ignore_backchannels: bool
     speculative: bool
 
 
@@ -670,8 +672,9 @@ _SCHEMA: tuple[_Key, ...] = (
     ),
     _key("turn", "lead_in_seconds", 0.2, _number(float, 0), env="LEAD_IN_DURATION_SECONDS"),
     _key("turn", "barge_in", True, _boolean()),
-    _key("turn", "barge_in_min_speech_seconds", 0.3, _number(float, 0)),
+    _key("turn", "barge_in_min_speech_seconds", 0.2, _number(float, 0)),
     _key("turn", "barge_in_min_words", 0, _number(int, 0)),
+    _key("turn", "barge_in_ignore_backchannels", True, _boolean()),
     _key("turn", "speculative", True, _boolean()),
     # [stt]
     _key("stt", "use_local_whisper", True, _local_whisper(), env="USE_LOCAL_WHISPER"),

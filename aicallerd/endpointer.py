@@ -97,9 +97,13 @@ class ChunkReady:
 
 @dataclass(frozen=True)
 class Pause:
+    """`pending_pcm8`: the short chunk held back for merging (None if it was cut), so a
+    speculative turn can transcribe everything said so far."""
+
     phrase_id: int
     t: float
     silence_started_t: float
+    pending_pcm8: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -312,10 +316,14 @@ class Endpointer:
         if not self._paused and silence >= s.chunk_silence_seconds - _EPS:
             self._paused = True
             speech = self._silence_start_t - self._chunk_speech_start_t
+            pending = None
             if self._chunk is not None and speech >= s.min_chunk_seconds - _EPS:
                 self._cut_chunk(final=False, events=events)
+            elif self._chunk is not None and self._chunk_speech_end > 0:
+                buf = np.concatenate(self._chunk)
+                pending = buf[: min(len(buf), self._chunk_speech_end + self._tail)].copy()
             at = self._silence_start_t + s.chunk_silence_seconds
-            events.append(Pause(self._phrase_id, at, self._silence_start_t))
+            events.append(Pause(self._phrase_id, at, self._silence_start_t, pending))
         if silence >= s.done_speaking_silence_seconds - _EPS:
             if self._chunk is not None:
                 self._cut_chunk(final=True, events=events)

@@ -189,3 +189,15 @@ def test_word_budget_stops_a_rambling_reply_after_the_sentence_that_crosses_it()
     assert f.accept(first) == first
     assert f.done
     assert f.accept("Anything else?") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "spoken"),
+    [
+        ("See you tomorrow! (In at most 3 short sentences.)", "See you tomorrow!"),
+        ("We open at nine (weekdays only) and close at five.", "We open at nine and close at five."),
+        ("(Answer naturally in at most 3 short sentences. No lists.)", None),
+    ],
+)
+def test_parenthetical_asides_are_not_spoken(raw, spoken):
+    assert ReplyFilter().accept(raw) == spoken

@@ -190,3 +190,21 @@ def test_chunking_never_changes_the_result(seed: int, options: dict[str, int]) -
     for _ in range(10):
         cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, len(text) - 1)))
         assert feed_in_chunks(text, cuts, **options) == whole, (text, cuts)
+
+
+def test_a_long_first_clause_is_spoken_before_its_sentence_ends():
+    s = SentenceSplitter(long_clause_chars=30)
+    text = "I'm sorry for any confusion about our hours, but we open at nine. See you then."
+    out = [piece for ch in text for piece in s.feed(ch)] + s.flush()
+    assert out == [
+        "I'm sorry for any confusion about our hours,",
+        "but we open at nine.",
+        "See you then.",
+    ]
+
+
+def test_short_clauses_and_numbers_are_not_cut():
+    s = SentenceSplitter(long_clause_chars=30)
+    text = "Yes, it costs 1,500 dollars, which includes tax. Okay?"
+    out = [piece for ch in text for piece in s.feed(ch)] + s.flush()
+    assert out == ["Yes, it costs 1,500 dollars, which includes tax.", "Okay?"]

@@ -173,3 +173,38 @@ class Player:
             self.frames_sent += 1
             if item.on_sent is not None:
                 item.on_sent(now)
+
+
+class Gate:
+    """Holds a speculative reply's audio back from the player until the turn is committed.
+
+    A speculative turn runs the whole pipeline while the caller might still go on talking;
+    nothing it makes may be heard before :meth:`open`, and if it is cancelled instead the
+    held audio is simply dropped with the gate.
+    """
+
+    def __init__(self, player: Player, *, is_open: bool) -> None:
+        self._player = player
+        self._held: list[tuple[bytes, Callable[[float], None] | None] | str] = []
+        self.is_open = is_open
+
+    def enqueue_audio(self, ulaw: bytes, on_sent: Callable[[float], None] | None = None) -> None:
+        if self.is_open:
+            self._player.enqueue_audio(ulaw, on_sent)
+        else:
+            self._held.append((ulaw, on_sent))
+
+    def enqueue_mark(self, name: str) -> None:
+        if self.is_open:
+            self._player.enqueue_mark(name)
+        else:
+            self._held.append(name)
+
+    def open(self) -> None:
+        self.is_open = True
+        for item in self._held:
+            if isinstance(item, str):
+                self._player.enqueue_mark(item)
+            else:
+                self._player.enqueue_audio(*item)
+        self._held.clear()

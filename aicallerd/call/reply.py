@@ -9,13 +9,13 @@ frames at once (what the caller heard is then read from the marks).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from aicallerd.call.metrics import TurnLegs
-from aicallerd.call.player import Player
+from aicallerd.call.player import Gate, Player
 from aicallerd.engines.llm import ChatClient, LLMError
 from aicallerd.engines.tts import Synthesizer
 from aicallerd.text.guardrail import ReplyFilter
@@ -24,26 +24,41 @@ from aicallerd.text.sentences import SentenceSplitter
 log = logging.getLogger("aicallerd.call")
 
 
+@dataclass(frozen=True)
+class Spoken:
+    """One sentence as queued: its text, its audio and the mark that follows it."""
+
+    mark: str
+    text: str
+    audio: bytes
+
+
 @dataclass
 class Reply:
     """What was queued for the caller, sentence by sentence, with the mark after each."""
 
     mark_prefix: str
-    sentences: list[tuple[str, str]] = field(default_factory=list)  # (mark name, text)
-    audio: bytearray = field(default_factory=bytearray)
+    sentences: list[Spoken] = field(default_factory=list)
     error: str | None = None
 
     def played_text(self, player: Player) -> str:
         """The sentences whose closing mark came back: what the caller actually heard."""
-        return " ".join(text for mark, text in self.sentences if player.played(mark))
+        return " ".join(s.text for s in self.sentences if player.played(s.mark))
+
+    def unplayed(self, player: Player) -> list[Spoken]:
+        return [s for s in self.sentences if not player.played(s.mark)]
 
     @property
     def text(self) -> str:
-        return " ".join(text for _, text in self.sentences)
+        return " ".join(s.text for s in self.sentences)
+
+    @property
+    def audio(self) -> bytes:
+        return b"".join(s.audio for s in self.sentences)
 
     @property
     def last_mark(self) -> str | None:
-        return self.sentences[-1][0] if self.sentences else None
+        return self.sentences[-1].mark if self.sentences else None
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,7 @@ class ReplySettings:
     max_tokens: int
     temperature: float
     max_sentences: int = 3
+    clause_chars: int = 40  # a first clause this long is spoken before its sentence ends
 
 
 async def _generate(
@@ -62,7 +78,7 @@ async def _generate(
     t0: float,
     out: trio.MemorySendChannel[str],
 ) -> None:
-    splitter = SentenceSplitter()
+    splitter = SentenceSplitter(first_clause_chars=12, long_clause_chars=settings.clause_chars)
     async with out:
         try:
             async for delta in llm.stream_chat(
@@ -99,30 +115,23 @@ async def _offer(
 
 async def _synthesize(
     tts: Synthesizer,
-    player: Player,
+    player: Player | Gate,
     reply: Reply,
     legs: TurnLegs,
-    on_first_frame: trio.Event,
-    first_frame_at: list[float],
+    on_first_frame: Callable[[float], None],
     sentences: trio.MemoryReceiveChannel[str],
 ) -> None:
-    def mark_first(t: float) -> None:
-        if not first_frame_at:
-            first_frame_at.append(t)
-            on_first_frame.set()
-
     async with sentences:
         async for text in sentences:
             t_sentence = trio.current_time()
-            first = True
+            audio = bytearray()
             async for chunk in tts.stream_ulaw(text):
-                if first and legs.tts_first_audio is None:
+                if not audio and legs.tts_first_audio is None:
                     legs.tts_first_audio = trio.current_time() - t_sentence
-                player.enqueue_audio(chunk, on_sent=mark_first if first else None)
-                reply.audio += chunk
-                first = False
+                player.enqueue_audio(chunk, on_sent=None if audio else on_first_frame)
+                audio += chunk
             mark = f"{reply.mark_prefix}-s{len(reply.sentences) + 1}"
-            reply.sentences.append((mark, text))
+            reply.sentences.append(Spoken(mark, text, bytes(audio)))
             player.enqueue_mark(mark)
 
 
@@ -130,14 +139,13 @@ async def speak_reply(
     *,
     llm: ChatClient,
     tts: Synthesizer,
-    player: Player,
+    player: Player | Gate,
     messages: Sequence[dict[str, str]],
     settings: ReplySettings,
     previous_reply: str,
     reply: Reply,
     legs: TurnLegs,
-    on_first_frame: trio.Event,
-    first_frame_at: list[float],
+    on_first_frame: Callable[[float], None],
 ) -> None:
     """Generate and queue one reply into ``reply``; returns once everything is queued.
 
@@ -151,8 +159,6 @@ async def speak_reply(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_generate, llm, messages, settings, reply_filter, legs, t0, send)
-            nursery.start_soon(
-                _synthesize, tts, player, reply, legs, on_first_frame, first_frame_at, receive
-            )
+            nursery.start_soon(_synthesize, tts, player, reply, legs, on_first_frame, receive)
     except* LLMError as group:
         reply.error = str(group.exceptions[0])

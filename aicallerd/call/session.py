@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -26,13 +26,17 @@ from aicallerd.audio.mulaw import ulaw_decode
 from aicallerd.audio.wav import write_wav
 from aicallerd.call.lines import FALLBACK_LINE
 from aicallerd.call.metrics import TurnLegs
-from aicallerd.call.player import Player
-from aicallerd.call.reply import Reply, ReplySettings, speak_reply
+from aicallerd.call.player import Gate, Player
+from aicallerd.call.reply import Reply, ReplySettings, Spoken, speak_reply
+from aicallerd.call.turn import Phrase, Turn, is_backchannel, words
 from aicallerd.endpointer import (
     ChunkReady,
     Endpointer,
     EndpointerSettings,
+    Event,
+    Pause,
     PhraseEnd,
+    Resume,
     SpeechStart,
 )
 from aicallerd.engines.tts import TTSError
@@ -67,6 +71,9 @@ class CallSettings:
     max_call_seconds: float
     barge_in: bool
     barge_in_min_speech_seconds: float
+    barge_in_min_words: int
+    barge_in_ignore_backchannels: bool
+    speculative: bool
     store_audio_dir: Path | None
     handshake_timeout: float = 10.0
     player_lead: float = 0.08
@@ -85,20 +92,6 @@ class TurnSink(Protocol):
         legs: TurnLegs,
         audio_path: str | None,
     ) -> None: ...
-
-
-@dataclass
-class _Phrase:
-    """The caller's current utterance: chunk transcripts arriving out of band."""
-
-    phrase_id: int
-    texts: dict[int, str] = field(default_factory=dict)
-    pending: int = 0
-    started_mono: float = 0.0
-    done: trio.Event = field(default_factory=trio.Event)
-
-    def text(self) -> str:
-        return " ".join(t for _, t in sorted(self.texts.items()) if t).strip()
 
 
 class CallSession:
@@ -138,12 +131,12 @@ class CallSession:
         self._audio_send, self._audio_receive = trio.open_memory_channel[tuple[np.ndarray, float]](
             500
         )
-        self._phrase: _Phrase | None = None
-        self._turn_scope: trio.CancelScope | None = None
-        self._turn_reply: Reply | None = None
+        self._phrase: Phrase | None = None
+        self._turn: Turn | None = None
+        self._interrupted: tuple[Turn, float] | None = None  # last cut reply, when it was cut
         self._carry_text = ""
         self._last_activity = 0.0
-        self._phrase_speech = 0.0  # seconds of speech in the caller's current phrase
+        self.speculations = {"started": 0, "committed": 0, "discarded": 0}
         self._nursery: trio.Nursery | None = None
         self._closing = False
         self._audio_clock_offset = 0.0  # monotonic - audio time, from the latest frame
@@ -245,157 +238,285 @@ class CallSession:
     async def _listen(self) -> None:
         async for pcm, t in self._audio_receive:
             prob = self._vad.probability(pcm)
+            frame_end = t + len(pcm) / 8000
             for ev in self.endpointer.feed(pcm, prob, t):
-                self._on_endpoint_event(ev, t + len(pcm) / 8000)
-            if self.endpointer.speaking:
-                self._last_activity = trio.current_time()
-                self._phrase_speech += len(pcm) / 8000
-                self._check_interruption()
+                self._on_endpoint_event(ev, frame_end)
+            phrase = self._phrase
+            if phrase is not None and self.endpointer.in_phrase:
+                phrase.audio.append(pcm)
+                if self.endpointer.speaking:
+                    phrase.speech_seconds += len(pcm) / 8000
+                    self._last_activity = trio.current_time()
+                    self._check_interruption(phrase)
 
-    def _on_endpoint_event(self, ev: object, frame_end_t: float) -> None:
-        assert self._nursery is not None
+    def _on_endpoint_event(self, ev: Event, frame_end_t: float) -> None:
+        phrase = self._phrase
         if isinstance(ev, SpeechStart):
-            self._phrase = _Phrase(ev.phrase_id, started_mono=self._mono_of(ev.t))
-            self._phrase_speech = 0.0
-        elif isinstance(ev, ChunkReady):
-            phrase = self._phrase
-            if phrase is None or phrase.phrase_id != ev.phrase_id:
+            self._phrase = Phrase(ev.phrase_id, started_mono=self._mono_of(ev.t))
+            return
+        if phrase is None or phrase.phrase_id != ev.phrase_id:
+            return
+        turn = self._turn
+        if isinstance(ev, ChunkReady):
+            phrase.chunks_seen += 1
+            if phrase.provisional is not None and phrase.provisional[0] == ev.index:
+                # Transcribed already for the speculative turn, from the same audio.
+                phrase.texts[ev.index] = phrase.provisional[1]
                 return
-            phrase.pending += 1
-            self._nursery.start_soon(self._transcribe_chunk, phrase, ev.index, ev.pcm8)
+            self._start_transcription(phrase, ev.index, ev.pcm8)
+        elif isinstance(ev, Pause):
+            if self.settings.speculative and turn is None:
+                if ev.pending_pcm8 is not None:
+                    self._start_transcription(phrase, phrase.chunks_seen, ev.pending_pcm8, True)
+                self._start_turn(phrase, speculative=True)
+        elif isinstance(ev, Resume):
+            phrase.drop_provisional()
+            if turn is not None and turn.phrase is phrase and not turn.committed.is_set():
+                turn.scope.cancel()  # the caller went on: the speculation is dropped unheard
+                self._turn = None
+                self.speculations["discarded"] += 1
         elif isinstance(ev, PhraseEnd):
-            phrase = self._phrase
             self._phrase = None
-            if phrase is None or phrase.phrase_id != ev.phrase_id:
-                return
-            speech_end_mono = self._mono_of(ev.speech_end_t)
-            decided_mono = self._mono_of(frame_end_t)
-            if self._turn_scope is not None:
-                return  # the turn in flight keeps the floor; this was a backchannel
-            self._nursery.start_soon(self._turn, phrase, speech_end_mono, decided_mono)
+            speech_end = self._mono_of(ev.speech_end_t)
+            decided = self._mono_of(frame_end_t)
+            if turn is not None and turn.phrase is phrase:
+                turn.commit(speech_end, decided)
+                self.speculations["committed"] += 1
+            elif turn is None:
+                self._start_turn(phrase, speculative=False).commit(speech_end, decided)
+            else:
+                # The agent holds the floor and this phrase was too short to take it:
+                # a backchannel. It might still have been a real request: check its words.
+                self._nursery_start(self._late_interruption, turn, phrase, speech_end, decided)
 
-    async def _transcribe_chunk(self, phrase: _Phrase, index: int, pcm: np.ndarray) -> None:
+    def _nursery_start(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    def _start_transcription(
+        self, phrase: Phrase, index: int, pcm: np.ndarray, provisional: bool = False
+    ) -> None:
+        phrase.add_pending()
+        self._nursery_start(self._transcribe_chunk, phrase, index, pcm, provisional)
+
+    async def _transcribe_chunk(
+        self, phrase: Phrase, index: int, pcm: np.ndarray, provisional: bool
+    ) -> None:
+        generation = phrase.provisional_generation
         try:
             text = await self._transcribe(pcm)
         except Exception as exc:
             self.log.error("stt failed on chunk %d: %s", index, exc)
             text = ""
-        phrase.texts[index] = text
-        phrase.pending -= 1
-        if phrase.pending == 0:
-            phrase.done.set()
+        if provisional:
+            phrase.resolve_provisional(index, text, generation)
+        else:
+            phrase.resolve(index, text)
 
-    def _check_interruption(self) -> None:
-        """Enough caller speech while a turn is thinking or speaking takes the floor."""
-        if self._turn_scope is None:
+    def _start_turn(self, phrase: Phrase, *, speculative: bool) -> Turn:
+        self.turns += 1
+        turn = Turn(
+            number=self.turns,
+            phrase=phrase,
+            gate=Gate(self.player, is_open=not speculative),
+            speculative=speculative,
+        )
+        turn.legs.speculative = speculative
+        if speculative:
+            self.speculations["started"] += 1
+        self._turn = turn
+        self._nursery_start(self._run_turn, turn)
+        return turn
+
+    # -- interruptions --------------------------------------------------------------------
+    def _check_interruption(self, phrase: Phrase) -> None:
+        """Caller speech while an earlier turn is thinking or speaking may take the floor."""
+        turn = self._turn
+        s = self.settings
+        if turn is None or turn.phrase is phrase or not turn.committed.is_set():
+            return
+        if not s.barge_in and self.player.speaking:
+            return
+        if phrase.speech_seconds < s.barge_in_min_speech_seconds:
+            return
+        if s.barge_in_min_words > 0:
+            if not phrase.word_check:
+                phrase.word_check = True
+                self._nursery_start(self._confirm_interruption, turn, phrase)
+            return
+        self._interrupt(turn, phrase)
+
+    async def _confirm_interruption(self, turn: Turn, phrase: Phrase) -> None:
+        """With ``barge_in_min_words``: interrupt only once the words are really there."""
+        while self._turn is turn and self._phrase is phrase:
+            heard = len(phrase.audio)
+            text = await self._transcribe(phrase.audio_so_far())
+            if self._turn is not turn or self._phrase is not phrase:
+                return
+            if len(words(text)) >= self.settings.barge_in_min_words and not (
+                self.settings.barge_in_ignore_backchannels and is_backchannel(text)
+            ):
+                self._interrupt(turn, phrase)
+                return
+            while len(phrase.audio) < heard + 15 and self._phrase is phrase:
+                await trio.sleep(0.1)  # re-check after ~0.3 s more of the caller's audio
+
+    async def _late_interruption(
+        self, turn: Turn, phrase: Phrase, speech_end: float, decided: float
+    ) -> None:
+        """A short phrase under the agent's speech: answer it only if it said something."""
+        await phrase.settled()
+        text = phrase.text()
+        if not text or is_backchannel(text) or self._turn is not turn:
+            self.log.info("heard %r while speaking: not an interruption", text)
             return
         if not self.settings.barge_in and self.player.speaking:
             return
-        if self._phrase_speech < self.settings.barge_in_min_speech_seconds:
-            return
-        self._turn_scope.cancel()
-        self._turn_scope = None
+        self._interrupt(turn, phrase)
+        self._start_turn(phrase, speculative=False).commit(speech_end, decided)
+
+    def _interrupt(self, turn: Turn, phrase: Phrase) -> None:
+        """Barge-in: cancel the turn's scope (LLM, TTS, queued frames) and let it clear."""
+        self.log.info(
+            "barge-in: caller spoke %.2fs over turn %d", phrase.speech_seconds, turn.number
+        )
+        turn.interrupted = True
+        turn.scope.cancel()
+        self._turn = None
 
     # -- speaking -------------------------------------------------------------------------
-    async def _turn(self, phrase: _Phrase, speech_end_mono: float, decided_mono: float) -> None:
-        legs = TurnLegs(endpoint_wait=decided_mono - speech_end_mono)
-        self.turns += 1
-        turn_no = self.turns
-        with trio.CancelScope() as scope:
-            self._turn_scope = scope
-            first_frame = trio.Event()
-            first_frame_at: list[float] = []
-            reply: Reply | None = None
-            caller_text = ""
-            try:
-                if phrase.pending:
-                    await phrase.done.wait()
-                legs.stt_tail = trio.current_time() - decided_mono
-                caller_text = " ".join(p for p in (self._carry_text, phrase.text()) if p)
-                if not caller_text:
-                    self.log.info("turn %d: no words heard, not replying", turn_no)
+    async def _run_turn(self, turn: Turn) -> None:
+        legs = turn.legs
+        with turn.scope:
+            await turn.phrase.settled()
+            text_ready = trio.current_time()
+            caller_text = " ".join(
+                p for p in (self._carry_text, turn.phrase.text(with_provisional=True)) if p
+            )
+            turn.caller_text = caller_text
+            if not caller_text or (
+                self._interrupted is not None
+                and self.settings.barge_in_ignore_backchannels
+                and is_backchannel(caller_text)
+            ):
+                await turn.committed.wait()
+                if await self._resume_interrupted(turn):
                     return
-                self._carry_text = ""
-                previous = next(
-                    (m["content"] for m in reversed(self.history) if m["role"] == "assistant"),
-                    "",
-                )
-                messages = self._messages_for(caller_text)
-                reply = Reply(mark_prefix=f"t{turn_no}")
+                self.log.info("turn %d: no words heard, not replying", turn.number)
+                self._end_turn(turn)
+                return
+            reply = turn.reply = Reply(mark_prefix=f"t{turn.number}")
+            try:
                 await speak_reply(
                     llm=self.llm,
                     tts=self.tts,
-                    player=self.player,
-                    messages=messages,
+                    player=turn.gate,
+                    messages=self._messages_for(caller_text),
                     settings=self.settings.reply,
-                    previous_reply=previous,
+                    previous_reply=self._previous_reply(),
                     reply=reply,
                     legs=legs,
-                    on_first_frame=first_frame,
-                    first_frame_at=first_frame_at,
+                    on_first_frame=turn.on_first_frame,
                 )
-                self._turn_reply = reply
-                if not reply.sentences:  # the LLM failed or said nothing speakable
-                    await self._apologise(reply)
-                await self._wait_played(reply.last_mark, len(reply.audio) / 8000)
             except TTSError as exc:
                 self.log.error("tts failed: %s", exc)
-                if reply is not None:
-                    reply.error = str(exc)
-                    await self._apologise(reply)
-                    await self._wait_played(reply.last_mark, len(reply.audio) / 8000)
-        interrupted = scope.cancelled_caught or scope.cancel_called
-        if self._turn_scope is scope:
-            self._turn_scope = None
-        if first_frame_at:
-            legs.first_frame = first_frame_at[0] - decided_mono
-            legs.voice_to_voice = first_frame_at[0] - speech_end_mono
-        if reply is None or not caller_text:
-            return
-        if interrupted:
-            if not first_frame_at:
+                reply.error = str(exc)
+            await turn.committed.wait()
+            legs.stt_tail = max(0.0, text_ready - turn.decided_mono)
+            self._interrupted = None
+            self._carry_text = ""
+            if not reply.sentences:  # the LLM failed or said nothing speakable
+                self._apologise(turn)
+            await self._wait_played(reply.last_mark, len(reply.audio) / 8000)
+        await self._finish_turn(turn)
+
+    async def _finish_turn(self, turn: Turn) -> None:
+        """Bookkeeping once a turn is over: history, call log, one log line."""
+        self._end_turn(turn)
+        reply, legs = turn.reply, turn.legs
+        if reply is None or not turn.committed.is_set():
+            return  # a discarded speculation: never heard, never stored
+        if turn.first_frame_at is not None:
+            legs.first_frame = turn.first_frame_at - turn.decided_mono
+            legs.voice_to_voice = turn.first_frame_at - turn.speech_end_mono
+        if turn.interrupted:
+            if turn.first_frame_at is None:
                 # Nothing was heard yet: the caller simply kept talking. Their words stay.
-                self._carry_text = caller_text
-                self.log.info("turn %d: caller kept talking, reply dropped", turn_no)
+                self._carry_text = turn.caller_text
+                self.log.info("turn %d: caller kept talking, reply dropped", turn.number)
                 return
             await self.player.clear()
-        spoken = reply.played_text(self.player) if interrupted else reply.text
-        legs.interrupted = interrupted
-        self.history.append({"role": "user", "content": caller_text})
+            self._interrupted = (turn, trio.current_time())
+        spoken = reply.played_text(self.player) if turn.interrupted else reply.text
+        legs.interrupted = turn.interrupted
+        self.history.append({"role": "user", "content": turn.caller_text})
         self.history.append({"role": "assistant", "content": spoken or "..."})
-        audio_path = self._store_audio(turn_no, reply.audio)
+        audio_path = self._store_audio(turn.number, reply.audio)
         with trio.CancelScope(shield=True):
-            await self.sink.caller_turn(self.call_sid, caller_text, phrase.started_mono)
+            await self.sink.caller_turn(self.call_sid, turn.caller_text, turn.phrase.started_mono)
             await self.sink.agent_turn(
-                self.call_sid, spoken, interrupted, speech_end_mono, legs, audio_path
+                self.call_sid, spoken, turn.interrupted, turn.speech_end_mono, legs, audio_path
             )
         self.log.info(
             "turn %d: caller=%r agent=%r%s | %s",
-            turn_no,
-            caller_text,
+            turn.number,
+            turn.caller_text,
             spoken,
-            " [interrupted]" if interrupted else "",
+            " [interrupted]" if turn.interrupted else "",
             legs.summary(),
         )
         self._last_activity = trio.current_time()
 
-    async def _apologise(self, reply: Reply) -> None:
+    def _end_turn(self, turn: Turn) -> None:
+        if self._turn is turn:
+            self._turn = None
+
+    async def _resume_interrupted(self, turn: Turn) -> bool:
+        """After a false barge-in (no words, or only "mm-hm"), pick the cut reply up again
+        at the sentence that was cut, instead of leaving the caller in silence."""
+        if self._interrupted is None or not self.settings.barge_in_ignore_backchannels:
+            return False
+        cut, at = self._interrupted
+        self._interrupted = None
+        if cut.reply is None or trio.current_time() - at > 10.0:
+            return False
+        rest = cut.reply.unplayed(self.player)
+        if not rest:
+            return False
+        self.log.info(
+            "turn %d: %r is not an interruption, resuming turn %d",
+            turn.number,
+            turn.caller_text,
+            cut.number,
+        )
+        resumed = Reply(mark_prefix=f"t{turn.number}r")
+        for i, sentence in enumerate(rest, 1):
+            mark = f"{resumed.mark_prefix}-s{i}"
+            self.player.enqueue_audio(sentence.audio)
+            self.player.enqueue_mark(mark)
+            resumed.sentences.append(Spoken(mark, sentence.text, sentence.audio))
+        if len(self.history) > 1 and self.history[-1]["role"] == "assistant":
+            self.history[-1]["content"] += " " + resumed.text
+        self._end_turn(turn)
+        await self._wait_played(resumed.last_mark, len(resumed.audio) / 8000)
+        return True
+
+    def _previous_reply(self) -> str:
+        return next((m["content"] for m in reversed(self.history) if m["role"] == "assistant"), "")
+
+    def _apologise(self, turn: Turn) -> None:
         """The pre-rendered apology: a dead LLM or TTS must not leave the caller in silence."""
         audio = self.canned.get("sorry")
-        if audio is None:
+        if audio is None or turn.reply is None:
             return
-        mark = f"{reply.mark_prefix}-sorry"
-        self.player.enqueue_audio(audio, on_sent=None)
-        self.player.enqueue_mark(mark)
-        reply.sentences.append((mark, FALLBACK_LINE))
-        reply.audio += audio
+        mark = f"{turn.reply.mark_prefix}-sorry"
+        turn.gate.enqueue_audio(audio, turn.on_first_frame)
+        turn.gate.enqueue_mark(mark)
+        turn.reply.sentences.append(Spoken(mark, FALLBACK_LINE, audio))
 
     def _messages_for(self, caller_text: str) -> list[dict[str, str]]:
-        window = (
-            self.history[1:][-2 * self.settings.history_turns :]
-            if self.settings.history_turns
-            else []
-        )
+        turns = self.settings.history_turns
+        window = self.history[1:][-2 * turns :] if turns else []
         return [
             self.history[0],
             *window,
@@ -460,7 +581,7 @@ class CallSession:
         s = self.settings
         while True:
             now = trio.current_time()
-            busy = self._turn_scope is not None or self.player.speaking or self.endpointer.in_phrase
+            busy = self._turn is not None or self.player.speaking or self.endpointer.in_phrase
             if busy:
                 self._last_activity = now
             if now - self.started_mono >= s.max_call_seconds:
@@ -482,8 +603,8 @@ class CallSession:
         self._closing = True
         self.end_reason = reason
         self.log.info("hanging up: %s", reason)
-        if self._turn_scope is not None:
-            self._turn_scope.cancel()
+        if self._turn is not None:
+            self._turn.scope.cancel()
         if self.player.speaking:
             await self.player.clear()
         if line:

@@ -36,6 +36,9 @@ def call_settings(cfg: Config) -> CallSettings:
         max_call_seconds=seconds_or_inf(cfg.call.max_call_seconds),
         barge_in=turn.barge_in,
         barge_in_min_speech_seconds=turn.barge_in_min_speech_seconds,
+        barge_in_min_words=turn.barge_in_min_words,
+        barge_in_ignore_backchannels=turn.barge_in_ignore_backchannels,
+        speculative=turn.speculative,
         store_audio_dir=(
             Path(cfg.storage.state_dir) / "audio" if cfg.call.store_all_response_audio else None
         ),

@@ -38,9 +38,10 @@ class Engines:
     load_seconds: float = 0.0
 
     def describe(self) -> str:
+        llm = self.llama.describe() if self.llama is not None else self.llm.describe()
         return (
             f"VAD {self.vad_name}; STT {self.transcriber.describe()}; "
-            f"LLM {self.llm.describe()}; TTS {self.tts.describe()}"
+            f"LLM {llm}; TTS {self.tts.describe()}"
         )
 
     async def aclose(self) -> None:
@@ -85,7 +86,7 @@ async def load_engines(cfg: Config) -> Engines:
         if cfg.llm.backend == "embedded":
             llama = EmbeddedLlamaServer(model_path=cfg.llm.embedded_model)
             await trio.to_thread.run_sync(llama.start)
-            llm = OpenAIChat(llama.base_url, "local", http)
+            llm = OpenAIChat(llama.base_url, llama.model_name, http)
         elif cfg.llm.backend == "ollama":
             llm = OllamaChat(cfg.llm.url, cfg.llm.model, http, keep_alive=cfg.llm.keep_alive)
         else:

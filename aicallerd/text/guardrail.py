@@ -111,6 +111,11 @@ def _strip_symbols(text: str) -> str:
     return "".join(out)
 
 
+# Parenthetical asides are not spoken on a phone: small models also put the echoed turn
+# guardrail there ("(In at most 3 short sentences.)").
+_ASIDE = re.compile(r"\s*[(\[][^()\[\]]*[)\]]")
+
+
 def clean_sentence(sentence: str) -> str:
     """Turn one LLM sentence into plain speakable text ("" if nothing speakable is left)."""
     text = sentence.replace("\r", " ").replace("\n", " ")
@@ -130,6 +135,7 @@ def clean_sentence(sentence: str) -> str:
         text = _ITALIC_UNDERSCORE.sub(r"\1", text)
         text = _ROLE.sub("", text)
     text = _ARROW.sub(" to ", text)
+    text = _ASIDE.sub(" ", text)
     text = _DEGREES.sub(lambda m: " degrees " + _SCALES[m.group(1)], text)
     text = _strip_symbols(text)
     text = _SPACES.sub(" ", text)

@@ -61,9 +61,12 @@ def _collapse(text: str) -> str:
 class SentenceSplitter:
     """Streaming sentence splitter for LLM token deltas (see the module docstring)."""
 
-    def __init__(self, min_chars: int = 1, first_clause_chars: int = 0) -> None:
+    def __init__(
+        self, min_chars: int = 1, first_clause_chars: int = 0, long_clause_chars: int = 0
+    ) -> None:
         self.min_chars = min_chars
         self.first_clause_chars = first_clause_chars
+        self.long_clause_chars = long_clause_chars
         self._buf = ""
         self._scan = 0  # everything before this index was judged "no boundary"
         self._emitted_any = False
@@ -125,7 +128,9 @@ class SentenceSplitter:
                 i = end
                 continue
             clause = None
-            if self.first_clause_chars > 0 and not self._emitted_any:
+            if (
+                self.first_clause_chars > 0 or self.long_clause_chars > 0
+            ) and not self._emitted_any:
                 clause = self._first_clause(buf, i)
             if clause is not None:
                 verdict, nxt = self._lookahead(buf, i + 1)
@@ -194,7 +199,7 @@ class SentenceSplitter:
         return True
 
     def _first_clause(self, buf: str, i: int) -> str | None:
-        """The opening interjection ending at the mark buf[i], or None if it is not one."""
+        """The opening interjection (or long clause) ending at buf[i], or None."""
         c = buf[i]
         if c in _CLAUSE_PUNCT:
             mark = c
@@ -207,7 +212,11 @@ class SentenceSplitter:
             return None
         text = _collapse(head).rstrip(" -–—")
         words = text.split()
-        if not 1 <= len(words) <= 3 or len(text) > self.first_clause_chars:
+        interjection = 1 <= len(words) <= 3 and len(text) <= self.first_clause_chars
+        # A long opening clause is spoken before its sentence is finished: the caller hears
+        # the reply start while the model is still writing the rest of it.
+        long_clause = self.long_clause_chars > 0 and len(text) >= self.long_clause_chars
+        if not (interjection or long_clause):
             return None
         if not any(ch.isalpha() for ch in text):
             return None  # "1, 2, 3"

@@ -1,0 +1,1 @@
+"""Latency benchmark for aicallerd: ``make bench`` (see bench/README.md)."""
