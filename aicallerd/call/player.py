@@ -108,12 +108,16 @@ class Player:
         Returns the marks that were still outstanding: Twilio echoes them right after a
         ``clear`` but their audio was never heard, so they must not count as played.
         """
-        self._queue.clear()
         dropped = list(self._pending_marks)
-        self._cleared_marks.update(dropped)
+        dropped += [item.name for item in self._queue if isinstance(item, _Mark)]
+        self._queue.clear()
+        self._cleared_marks.update(self._pending_marks)
         self._pending_marks.clear()
         self.clock.reset(trio.current_time())
         await self.send(media.clear_message(self.stream_sid))
+        for name in dropped:  # finished, though unheard: nobody should wait for them
+            for listener in list(self._mark_listeners):
+                listener(name)
         return dropped
 
     # -- Twilio side --------------------------------------------------------------------
@@ -130,6 +134,7 @@ class Player:
         return True
 
     def add_mark_listener(self, listener: Callable[[str], None]) -> None:
+        """``listener(name)`` runs when a mark is played or dropped by a ``clear``."""
         self._mark_listeners.append(listener)
 
     def remove_mark_listener(self, listener: Callable[[str], None]) -> None:

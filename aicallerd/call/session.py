@@ -192,6 +192,7 @@ class CallSession:
             if self.settings.greeting:
                 nursery.start_soon(self._say, self.settings.greeting, "greeting")
             await self._receive_loop()
+            self._closing = True  # the caller hung up: a turn in flight is cut here
             nursery.cancel_scope.cancel()
 
     async def _receive_loop(self) -> None:
@@ -333,11 +334,19 @@ class CallSession:
         """Caller speech while an earlier turn is thinking or speaking may take the floor."""
         turn = self._turn
         s = self.settings
-        if turn is None or turn.phrase is phrase or not turn.committed.is_set():
+        # Speech time is summed frame by frame: allow for float error at the threshold.
+        if phrase.speech_seconds < s.barge_in_min_speech_seconds - 1e-6:
+            return
+        if turn is None:
+            if s.barge_in and self.player.speaking and not self._closing and not phrase.word_check:
+                # Talking over the greeting: stop it and listen (the phrase becomes a turn).
+                phrase.word_check = True
+                self.log.info("caller spoke over a fixed line: stopping it")
+                self._nursery_start(self.player.clear)
+            return
+        if turn.phrase is phrase or not turn.committed.is_set():
             return
         if not s.barge_in and self.player.speaking:
-            return
-        if phrase.speech_seconds < s.barge_in_min_speech_seconds:
             return
         if s.barge_in_min_words > 0:
             if not phrase.word_check:
@@ -387,48 +396,51 @@ class CallSession:
     # -- speaking -------------------------------------------------------------------------
     async def _run_turn(self, turn: Turn) -> None:
         legs = turn.legs
-        with turn.scope:
-            await turn.phrase.settled()
-            text_ready = trio.current_time()
-            caller_text = " ".join(
-                p for p in (self._carry_text, turn.phrase.text(with_provisional=True)) if p
-            )
-            turn.caller_text = caller_text
-            if not caller_text or (
-                self._interrupted is not None
-                and self.settings.barge_in_ignore_backchannels
-                and is_backchannel(caller_text)
-            ):
-                await turn.committed.wait()
-                if await self._resume_interrupted(turn):
-                    return
-                self.log.info("turn %d: no words heard, not replying", turn.number)
-                self._end_turn(turn)
-                return
-            reply = turn.reply = Reply(mark_prefix=f"t{turn.number}")
-            try:
-                await speak_reply(
-                    llm=self.llm,
-                    tts=self.tts,
-                    player=turn.gate,
-                    messages=self._messages_for(caller_text),
-                    settings=self.settings.reply,
-                    previous_reply=self._previous_reply(),
-                    reply=reply,
-                    legs=legs,
-                    on_first_frame=turn.on_first_frame,
+        try:
+            with turn.scope:
+                await turn.phrase.settled()
+                text_ready = trio.current_time()
+                caller_text = " ".join(
+                    p for p in (self._carry_text, turn.phrase.text(with_provisional=True)) if p
                 )
-            except TTSError as exc:
-                self.log.error("tts failed: %s", exc)
-                reply.error = str(exc)
-            await turn.committed.wait()
-            legs.stt_tail = max(0.0, text_ready - turn.decided_mono)
-            self._interrupted = None
-            self._carry_text = ""
-            if not reply.sentences:  # the LLM failed or said nothing speakable
-                self._apologise(turn)
-            await self._wait_played(reply.last_mark, len(reply.audio) / 8000)
-        await self._finish_turn(turn)
+                turn.caller_text = caller_text
+                if not caller_text or (
+                    self._interrupted is not None
+                    and self.settings.barge_in_ignore_backchannels
+                    and is_backchannel(caller_text)
+                ):
+                    await turn.committed.wait()
+                    if await self._resume_interrupted(turn):
+                        return
+                    self.log.info("turn %d: no words heard, not replying", turn.number)
+                    self._end_turn(turn)
+                    return
+                reply = turn.reply = Reply(mark_prefix=f"t{turn.number}")
+                try:
+                    await speak_reply(
+                        llm=self.llm,
+                        tts=self.tts,
+                        player=turn.gate,
+                        messages=self._messages_for(caller_text),
+                        settings=self.settings.reply,
+                        previous_reply=self._previous_reply(),
+                        reply=reply,
+                        legs=legs,
+                        on_first_frame=turn.on_first_frame,
+                    )
+                except TTSError as exc:
+                    self.log.error("tts failed: %s", exc)
+                    reply.error = str(exc)
+                await turn.committed.wait()
+                legs.stt_tail = max(0.0, text_ready - turn.decided_mono)
+                self._interrupted = None
+                self._carry_text = ""
+                if not reply.sentences:  # the LLM failed or said nothing speakable
+                    self._apologise(turn)
+                await self._wait_played(reply.last_mark, len(reply.audio) / 8000)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish_turn(turn)
 
     async def _finish_turn(self, turn: Turn) -> None:
         """Bookkeeping once a turn is over: history, call log, one log line."""
@@ -445,24 +457,27 @@ class CallSession:
                 self._carry_text = turn.caller_text
                 self.log.info("turn %d: caller kept talking, reply dropped", turn.number)
                 return
-            await self.player.clear()
+            if not self._closing:
+                await self.player.clear()
             self._interrupted = (turn, trio.current_time())
-        spoken = reply.played_text(self.player) if turn.interrupted else reply.text
-        legs.interrupted = turn.interrupted
+        # Cut short by a barge-in or by the call ending: only what was heard counts.
+        cut = turn.interrupted or self._closing
+        spoken = reply.played_text(self.player) if cut else reply.text
+        legs.interrupted = turn.interrupted or spoken != reply.text
         self.history.append({"role": "user", "content": turn.caller_text})
         self.history.append({"role": "assistant", "content": spoken or "..."})
         audio_path = self._store_audio(turn.number, reply.audio)
         with trio.CancelScope(shield=True):
             await self.sink.caller_turn(self.call_sid, turn.caller_text, turn.phrase.started_mono)
             await self.sink.agent_turn(
-                self.call_sid, spoken, turn.interrupted, turn.speech_end_mono, legs, audio_path
+                self.call_sid, spoken, legs.interrupted, turn.speech_end_mono, legs, audio_path
             )
         self.log.info(
             "turn %d: caller=%r agent=%r%s | %s",
             turn.number,
             turn.caller_text,
             spoken,
-            " [interrupted]" if turn.interrupted else "",
+            " [interrupted]" if legs.interrupted else "",
             legs.summary(),
         )
         self._last_activity = trio.current_time()
@@ -489,15 +504,14 @@ class CallSession:
             turn.caller_text,
             cut.number,
         )
-        resumed = Reply(mark_prefix=f"t{turn.number}r")
+        # The resumed sentences are this turn's reply: heard, interruptible and logged
+        # like any other (_finish_turn stores them).
+        resumed = turn.reply = Reply(mark_prefix=f"t{turn.number}r")
         for i, sentence in enumerate(rest, 1):
             mark = f"{resumed.mark_prefix}-s{i}"
-            self.player.enqueue_audio(sentence.audio)
-            self.player.enqueue_mark(mark)
+            turn.gate.enqueue_audio(sentence.audio, turn.on_first_frame)
+            turn.gate.enqueue_mark(mark)
             resumed.sentences.append(Spoken(mark, sentence.text, sentence.audio))
-        if len(self.history) > 1 and self.history[-1]["role"] == "assistant":
-            self.history[-1]["content"] += " " + resumed.text
-        self._end_turn(turn)
         await self._wait_played(resumed.last_mark, len(resumed.audio) / 8000)
         return True
 

@@ -1,0 +1,576 @@
+"""One CallSession end to end, in memory and in virtual time (see ``session_harness``).
+
+The caller is the product's own Twilio stand-in speaking synthetic words; the real VAD gate,
+endpointer, player and session run against fake STT, LLM and TTS with scripted latencies.
+Each test asserts what a caller would hear or an operator would read in the call log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+from session_harness import (
+    FRAME_SECONDS,
+    CallHarness,
+    FakeLLM,
+    FakeSTT,
+    FakeTTS,
+    Segment,
+    decode_words,
+    run_call,
+    settings,
+    speech,
+)
+
+from aicallerctl.testcall import Utterance, _trim_turn_audio
+from aicallerd.audio.mulaw import ulaw_encode
+from aicallerd.call.lines import FALLBACK_LINE
+from aicallerd.text.guardrail import TURN_GUARDRAIL
+from aicallerd.twilio import media
+
+DONE = 0.6  # done_speaking_silence_seconds in the harness settings
+EPS = 1e-6
+S1, S2, S3 = "Alpha bravo charlie.", "Delta echo foxtrot.", "Golf hotel india."
+REPLY3 = f"{S1} {S2} {S3}"  # about one second of audio per sentence
+
+
+def labels(segments: list[Segment]) -> list[tuple[str, bool]]:
+    return [(s.label, s.complete) for s in segments]
+
+
+def assert_cut_once(h: CallHarness, clear_t: float, sentences: list[str]) -> list[str]:
+    """The reply of ``sentences`` played whole up to one sentence cut by the clear at
+    ``clear_t``, and nothing of it after; returns the sentences heard whole (mark echoed)."""
+    segs = [s for s in h.segments() if s.label in sentences]
+    *whole, cut = segs
+    assert [(s.label, s.complete) for s in whole] == [(x, True) for x in sentences[: len(whole)]]
+    assert (cut.label, cut.complete) == (sentences[len(whole)], False)
+    assert cut.last_t <= clear_t
+    marks = {s.mark for s in whole}
+    assert {name for t, name in h.marks_echoed() if t <= clear_t and name in marks} == marks
+    return [s.label for s in whole]
+
+
+async def settle(h: CallHarness) -> None:
+    """Wait until the agent has answered and fallen quiet (its closing ``clear``)."""
+    await h.wait_until(
+        lambda: (
+            bool(h.sink.agent_turns)
+            and bool(h.clears())
+            and h.clears()[-1] >= h.sink.agent_turns[-1].at
+        )
+    )
+
+
+def test_fake_stt_recovers_words() -> None:
+    """The synthetic speech round-trips, gaps and all, so later tests can trust the STT."""
+    assert decode_words(speech("w1", "w2", "w3")) == "w1 w2 w3"
+    assert decode_words(speech(0.3, "yeah", 0.4, "w7", 0.2)) == "yeah w7"
+    assert decode_words(speech(0.5)) == ""
+
+
+# -- 1. a normal turn ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first_token_delay", [0.05, 0.8], ids=["reply-ready-early", "slow-llm"])
+def test_normal_turn(first_token_delay: float) -> None:
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await settle(h)
+
+    h = run_call(caller, llm=FakeLLM(first_token_delay=first_token_delay))
+    said = h.said[0]
+    reply = "I heard w1 w2 w3."
+
+    # The caller heard exactly the reply, whole, followed by its mark.
+    assert labels(h.segments()) == [(reply, True)]
+    assert [name for _, name in h.marks_echoed()] == ["t1-s1"]
+
+    # Nothing was sent before the end-of-turn silence had elapsed.
+    assert said.first_agent_audio is not None
+    assert h.agent_frames()[0].t >= said.speech_end + DONE - EPS
+    if first_token_delay < 0.3:
+        # The speculative reply was ready early and released exactly at the endpoint.
+        assert said.latency == pytest.approx(DONE, abs=FRAME_SECONDS)
+    else:
+        assert said.latency is not None and said.latency > DONE + 0.3
+
+    # The turn was started speculatively at the pause and then committed.
+    (request,) = h.llm.requests
+    assert request.caller_text == "w1 w2 w3"
+    assert request.outcome == "done"
+    assert request.at < said.speech_end + DONE
+    assert h.session.speculations == {"started": 1, "committed": 1, "discarded": 0}
+
+    # The call log: one caller turn, one agent turn with legs that match the caller's clock.
+    assert [t.text for t in h.sink.caller_turns] == ["w1 w2 w3"]
+    (agent,) = h.sink.agent_turns
+    assert (agent.text, agent.interrupted) == (reply, False)
+    legs = agent.legs
+    assert legs.speculative is True
+    assert legs.interrupted is False
+    assert legs.voice_to_voice == pytest.approx(said.latency, abs=2 * FRAME_SECONDS)
+    assert legs.endpoint_wait == pytest.approx(DONE, abs=FRAME_SECONDS)
+    assert legs.llm_first_token == pytest.approx(first_token_delay, abs=0.01)
+    assert h.session.history[1:] == [
+        {"role": "user", "content": "w1 w2 w3"},
+        {"role": "assistant", "content": reply},
+    ]
+
+
+# -- 2. a speculation the caller talks over is dropped unheard --------------------------------
+
+
+@pytest.mark.parametrize("token_delay", [0.005, 0.1], ids=["rendered-then-dropped", "cancelled"])
+def test_speculation_discarded_when_caller_resumes(token_delay: float) -> None:
+    # Fast engines: the speculative reply is fully synthesized behind the gate before the
+    # caller resumes, so "never heard" is tested, not just "never made". Slow tokens: the
+    # caller resumes mid-generation and the speculation's LLM request is cancelled.
+    llm = FakeLLM(first_token_delay=0.02, token_delay=token_delay)
+    tts = FakeTTS(delay=0.02)
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", 0.4, "w2")
+        await settle(h)
+
+    h = run_call(caller, stt=FakeSTT(delay=0.02), llm=llm, tts=tts)
+
+    first, second = h.llm.requests
+    assert first.caller_text == "w1"  # speculated at the 0.3 s pause
+    assert second.caller_text == "w1 w2"
+    if token_delay < 0.01:
+        assert "I heard w1." in tts.requests  # it was rendered, and held back by the gate
+    else:
+        assert first.outcome == "cancelled"
+        assert "I heard w1." not in tts.requests
+    assert labels(h.segments()) == [("I heard w1 w2.", True)]
+    assert h.session.speculations == {"started": 2, "committed": 1, "discarded": 1}
+
+    assert [t.text for t in h.sink.caller_turns] == ["w1 w2"]
+    assert [t.text for t in h.sink.agent_turns] == ["I heard w1 w2."]
+    assert h.session.history[1:] == [
+        {"role": "user", "content": "w1 w2"},
+        {"role": "assistant", "content": "I heard w1 w2."},
+    ]
+    said = h.said[0]
+    assert h.agent_frames()[0].t >= said.speech_end + DONE - EPS
+
+
+# -- 3. barge-in ---------------------------------------------------------------------------
+
+
+def reply3_llm() -> FakeLLM:
+    return FakeLLM({"w1 w2 w3": REPLY3})
+
+
+async def talk_over_reply(h: CallHarness, after: float, *words: str) -> float:
+    """Say w1 w2 w3, then ``words`` starting ``after`` seconds into the reply's playback.
+
+    Returns the onset of the interrupting speech (when its first loud frame was sent).
+    """
+    await trio.sleep(0.5)
+    said = await h.say("w1", "w2", "w3")
+    await h.wait_until(lambda: said.first_agent_audio is not None)
+    assert said.first_agent_audio is not None
+    await trio.sleep_until(said.first_agent_audio + after)
+    t0 = trio.current_time()
+    await h.say(*words)
+    return h.caller_onset_after(t0)
+
+
+def test_barge_in_cuts_reply_and_keeps_only_what_was_heard() -> None:
+    s = settings()
+    onset = 0.0
+
+    async def caller(h: CallHarness) -> None:
+        nonlocal onset
+        onset = await talk_over_reply(h, 1.5, "w4", "w5")
+        await h.wait_agent_turns(2)
+        await settle(h)
+
+    h = run_call(caller, call_settings=s, llm=reply3_llm())
+
+    # `clear` went out as soon as the caller had spoken long enough to count.
+    clear_t = h.clears()[0]
+    assert onset + s.barge_in_min_speech_seconds - EPS <= clear_t
+    assert clear_t <= onset + s.barge_in_min_speech_seconds + 0.1
+
+    # The caller heard sentence 1 and part of sentence 2; nothing of the old reply after the
+    # clear; then the answer to the interruption.
+    segs = h.segments()
+    assert labels(segs) == [(S1, True), (S2, False), ("I heard w4 w5.", True)]
+    assert segs[1].last_t <= clear_t < segs[2].first_t
+    heard_before_clear = [name for t, name in h.marks_echoed() if t <= clear_t]
+    assert heard_before_clear == ["t1-s1"]
+
+    # The call log stores only what was heard, marked interrupted; the interruption is a turn.
+    first, second = h.sink.agent_turns
+    assert (first.text, first.interrupted, first.legs.interrupted) == (S1, True, True)
+    assert (second.text, second.interrupted) == ("I heard w4 w5.", False)
+    assert [t.text for t in h.sink.caller_turns] == ["w1 w2 w3", "w4 w5"]
+
+    # The LLM answered the interrupting words with the truncated reply in its history.
+    last = h.llm.requests[-1]
+    assert last.caller_text == "w4 w5"
+    assert last.messages[1:] == [
+        {"role": "user", "content": "w1 w2 w3"},
+        {"role": "assistant", "content": S1},
+        {"role": "user", "content": f"w4 w5\n{TURN_GUARDRAIL}"},
+    ]
+
+
+def test_marks_echoed_by_the_clear_do_not_count_as_heard() -> None:
+    """Cut just after sentence 1's mark went out but before it played: Twilio echoes the mark
+    on the clear, yet the caller never heard the end of sentence 1. So it is not stored as
+    said, and when the cut was only "yeah" the reply resumes from sentence 1."""
+    s = settings()
+
+    async def caller(h: CallHarness) -> None:
+        # Sentence 1 lasts 1.0 s; its mark is sent ~lead before playout reaches it.
+        after = 1.0 - s.player_lead / 2 - s.barge_in_min_speech_seconds - 0.02
+        await talk_over_reply(h, after, "yeah")
+        await h.wait_until(lambda: len(h.clears()) >= 2)  # the cut, then the end of the reply
+
+    h = run_call(caller, call_settings=s, llm=reply3_llm())
+
+    clear_t = h.clears()[0]
+    sent_t = dict((n, t) for t, n in h.marks_sent())["t1-s1"]
+    echo_t = dict((n, t) for t, n in h.marks_echoed())["t1-s1"]
+    assert sent_t < clear_t <= echo_t  # precondition: the mark was in flight at the clear
+    first = h.sink.agent_turns[0]
+    assert (first.text, first.interrupted) == ("", True)
+    # Sentence 1 had been sent whole, but the clear threw its end away: it is resumed too.
+    assert labels(h.segments()) == [(S1, True), (S2, False), (S1, True), (S2, True), (S3, True)]
+
+
+def test_caller_talking_on_while_agent_thinks_joins_the_next_turn() -> None:
+    """The caller resumes after the endpoint while the LLM is still thinking: the turn is
+    cancelled unheard and their words are answered together."""
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3", DONE + 0.2, "w4")
+        await settle(h)
+
+    h = run_call(caller, llm=FakeLLM(first_token_delay=1.5))
+
+    first, second = h.llm.requests
+    assert (first.caller_text, first.outcome) == ("w1 w2 w3", "cancelled")
+    assert second.caller_text == "w1 w2 w3 w4"
+    assert labels(h.segments()) == [("I heard w1 w2 w3 w4.", True)]
+    assert [t.text for t in h.sink.caller_turns] == ["w1 w2 w3 w4"]
+    assert [t.text for t in h.sink.agent_turns] == ["I heard w1 w2 w3 w4."]
+
+
+# -- 4. backchannels -----------------------------------------------------------------------
+
+
+def test_backchannel_cut_then_resumed() -> None:
+    """barge_in_ignore_backchannels: "yeah" cuts the reply (it is speech) but the agent then
+    picks it up again at the cut sentence, without asking the LLM anything."""
+
+    async def caller(h: CallHarness) -> None:
+        await talk_over_reply(h, 1.5, "yeah")
+        await h.wait_until(lambda: len(h.clears()) >= 2)  # the cut, then the end of the reply
+        await trio.sleep(0.4)
+        await h.say("w4", "w5")  # the conversation goes on
+        await h.wait_until(lambda: any(t.text == "I heard w4 w5." for t in h.sink.agent_turns))
+        await settle(h)
+
+    h = run_call(caller, llm=reply3_llm())
+
+    assert [r.caller_text for r in h.llm.requests] == ["w1 w2 w3", "w4 w5"]  # none for "yeah"
+    assert labels(h.segments()) == [
+        (S1, True),
+        (S2, False),
+        (S2, True),
+        (S3, True),
+        ("I heard w4 w5.", True),
+    ]
+    assert h.clears()[0] < h.segments()[2].first_t  # the cut was real: it was heard as such
+    # The LLM's memory and the call log both hold everything the caller finally heard.
+    history = h.llm.requests[-1].messages
+    assert " ".join(m["content"] for m in history if m["role"] == "assistant") == REPLY3
+    *reply, answer = h.sink.agent_turns
+    assert " ".join(t.text for t in reply) == REPLY3
+    assert reply[0].interrupted and not reply[-1].interrupted
+    assert (answer.text, answer.interrupted) == ("I heard w4 w5.", False)
+
+
+def test_resumed_reply_can_still_be_interrupted() -> None:
+    """After a "yeah" the reply resumes; real words over the resumed part cut it again."""
+    s = settings()
+    onset = 0.0
+
+    async def caller(h: CallHarness) -> None:
+        nonlocal onset
+        await talk_over_reply(h, 1.5, "yeah")
+        await h.wait_until(lambda: any(seg.label == S3 for seg in h.segments()))
+        s3 = next(seg for seg in h.segments() if seg.label == S3)
+        await trio.sleep_until(s3.first_t + 0.3)
+        t0 = trio.current_time()
+        await h.say("w4", "w5")
+        onset = h.caller_onset_after(t0)
+        await h.wait_until(lambda: any(t.text == "I heard w4 w5." for t in h.sink.agent_turns))
+        await settle(h)
+
+    h = run_call(caller, call_settings=s, llm=reply3_llm())
+
+    cut = [t for t in h.clears() if t >= onset]
+    assert cut and cut[0] <= onset + s.barge_in_min_speech_seconds + 0.1
+    segs = h.segments()
+    assert labels(segs)[-2:] == [(S3, False), ("I heard w4 w5.", True)]
+    assert segs[-2].last_t <= cut[0]
+    # The next request's history holds what was heard: S1, then S2 (resumed), not S3.
+    history = h.llm.requests[-1].messages
+    assert " ".join(m["content"] for m in history if m["role"] == "assistant") == f"{S1} {S2}"
+
+
+def test_backchannel_with_min_words_does_not_interrupt() -> None:
+    """barge_in_min_words=2: "yeah" over the reply never cuts it."""
+
+    async def caller(h: CallHarness) -> None:
+        await talk_over_reply(h, 1.5, "yeah")
+        await settle(h)
+
+    h = run_call(caller, call_settings=settings(barge_in_min_words=2), llm=reply3_llm())
+
+    assert labels(h.segments()) == [(S1, True), (S2, True), (S3, True)]
+    last_mark_t = max(t for t, _ in h.marks_echoed())
+    assert all(t >= last_mark_t for t in h.clears())  # only the end-of-reply clear
+    assert len(h.llm.requests) == 1
+    (agent,) = h.sink.agent_turns
+    assert (agent.text, agent.interrupted) == (REPLY3, False)
+
+
+def test_min_words_still_lets_real_words_interrupt() -> None:
+    """barge_in_min_words=2: two real words over the reply do cut it, once both are heard."""
+    s = settings(barge_in_min_words=2)
+    onset = 0.0
+
+    async def caller(h: CallHarness) -> None:
+        nonlocal onset
+        onset = await talk_over_reply(h, 1.5, "w4", "w5")
+        await h.wait_agent_turns(2)
+        await settle(h)
+
+    h = run_call(caller, call_settings=s, llm=reply3_llm())
+
+    clear_t = h.clears()[0]
+    w4_seconds = speech("w4").size / 8000
+    assert clear_t > onset + w4_seconds  # it waited for the second word
+    assert clear_t < onset + 1.0
+    heard = assert_cut_once(h, clear_t, [S1, S2, S3])
+    assert [(t.text, t.interrupted) for t in h.sink.agent_turns] == [
+        (" ".join(heard), True),
+        ("I heard w4 w5.", False),
+    ]
+    assert h.llm.requests[-1].caller_text == "w4 w5"
+
+
+# -- 5. a failing LLM ----------------------------------------------------------------------
+
+
+def test_llm_failure_apologises_and_call_goes_on() -> None:
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await settle(h)
+        await trio.sleep(0.4)
+        await h.say("w4", "w5")
+        await h.wait_agent_turns(2)
+        await settle(h)
+
+    h = run_call(caller, llm=FakeLLM(fail_on=["w1 w2 w3"]))
+
+    assert labels(h.segments()) == [("canned:sorry", True), ("I heard w4 w5.", True)]
+    assert [r.outcome for r in h.llm.requests] == ["failed", "done"]
+    assert [(t.text, t.interrupted) for t in h.sink.agent_turns] == [
+        (FALLBACK_LINE, False),
+        ("I heard w4 w5.", False),
+    ]
+    assert h.link.close_code is None  # the stand-in hung up, not the session
+    assert h.session.end_reason == "hangup"
+
+
+# -- 6. limits -----------------------------------------------------------------------------
+
+
+def test_silence_watchdog_says_goodbye_and_hangs_up() -> None:
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await h.wait_until(h.session_done.is_set, timeout=20)
+
+    h = run_call(caller, call_settings=settings(max_silence_seconds=5.0))
+
+    segs = h.segments()
+    assert labels(segs) == [("I heard w1 w2 w3.", True), ("canned:goodbye", True)]
+    reply_heard = dict((n, t) for t, n in h.marks_echoed())["t1-s1"]
+    assert segs[1].first_t == pytest.approx(reply_heard + 5.0, abs=FRAME_SECONDS)
+    goodbye_heard = dict((n, t) for t, n in h.marks_echoed())["goodbye"]
+    assert (h.link.close_code, h.link.close_reason) == (1000, "silence")
+    assert h.link.closed_at is not None and h.link.closed_at >= goodbye_heard
+    assert h.call.result.closed_by_daemon
+    assert h.session.end_reason == "silence"
+
+
+def test_max_call_duration_cuts_in_and_hangs_up() -> None:
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await h.wait_until(h.session_done.is_set, timeout=20)
+
+    h = run_call(caller, call_settings=settings(max_call_seconds=4.0), llm=reply3_llm())
+
+    # At 4 s the reply (playing since ~2.2 s) is cut, the time-limit line plays, and the
+    # session closes the stream.
+    segs = h.segments()
+    assert labels(segs) == [(S1, True), (S2, False), ("canned:time_limit", True)]
+    clear_t = h.clears()[0]
+    assert clear_t == pytest.approx(4.0, abs=FRAME_SECONDS)
+    assert segs[2].first_t >= clear_t
+    assert (h.link.close_code, h.link.close_reason) == (1000, "max_duration")
+    assert h.session.end_reason == "max_duration"
+    # The call log keeps only what the caller heard of the cut reply, marked as cut.
+    (agent,) = h.sink.agent_turns
+    assert (agent.text, agent.interrupted) == (S1, True)
+
+
+def test_caller_hanging_up_mid_reply_is_still_logged() -> None:
+    """Twilio stops the stream while the agent talks: the call log keeps the caller's words
+    and the part of the reply they heard."""
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        said = await h.say("w1", "w2", "w3")
+        await h.wait_until(lambda: said.first_agent_audio is not None)
+        await trio.sleep(1.5)  # then the caller hangs up (the harness sends `stop`)
+
+    h = run_call(caller, llm=reply3_llm())
+
+    assert labels(h.segments()) == [(S1, True), (S2, False)]
+    assert h.session.end_reason == "hangup"
+    assert [t.text for t in h.sink.caller_turns] == ["w1 w2 w3"]
+    assert [(t.text, t.interrupted) for t in h.sink.agent_turns] == [(S1, True)]
+
+
+# -- 7. junk on the wire -------------------------------------------------------------------
+
+
+def _media(ts_ms: int, payload: bytes, track: str = "inbound") -> str:
+    raw = media.media_event(9, "MZ" + "1" * 32, 1, ts_ms, payload)
+    return raw.replace('"track":"inbound"', f'"track":"{track}"')
+
+
+def test_malformed_and_unexpected_frames_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="aicallerd")
+    sid = "MZ" + "1" * 32
+    before_start = [
+        "garbage",
+        _media(0, b"\xff" * 160),
+        media.mark_event(2, sid, "early"),
+        media.dtmf_event(3, sid, "1"),
+    ]
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.2)
+        now_ms = round(trio.current_time() * 1000)
+        for raw in (
+            "not json at all",
+            b"\xff\xfe\x00",
+            b'{"event": "dtmf"}',
+            "[1, 2, 3]",
+            '{"event": "bogus", "sequenceNumber": "5"}',
+            '{"event": "media", "sequenceNumber": "6", "streamSid": "x", "media": {}}',
+            _media(now_ms, b"\xff" * 161),  # odd payload length
+            _media(now_ms, b"\xfe\xff\xfe"),
+            _media(now_ms, b""),
+            media.dtmf_event(7, sid, "5"),
+            media.mark_event(8, sid, "never-sent"),
+            media.connected_event(),
+        ):
+            await h.send_raw(raw)
+        # The agent's own track (Twilio sends it with tracks="both"): never heard as caller.
+        echo = ulaw_encode(speech("w7"))
+        for i in range(0, len(echo), 160):
+            await h.send_raw(_media(now_ms + i // 8, echo[i : i + 160], track="outbound"))
+        await trio.sleep(0.3)
+        await h.say("w1", "w2", "w3")
+        await settle(h)
+
+    h = run_call(caller, pre_start=before_start)
+
+    assert labels(h.segments()) == [("I heard w1 w2 w3.", True)]
+    assert [t.text for t in h.sink.caller_turns] == ["w1 w2 w3"]
+    assert [r.caller_text for r in h.llm.requests] == ["w1 w2 w3"]
+    assert h.link.close_code is None
+    assert h.session.end_reason == "hangup"
+    # Each oddity left one line in the log for the operator.
+    logged = [r.getMessage() for r in caplog.records]
+    assert sum("malformed frame before start" in m for m in logged) == 1
+    assert sum("before start ignored" in m for m in logged) == 3  # media, mark, dtmf
+    assert sum("ignoring malformed frame:" in m for m in logged) == 6
+    assert "dtmf 5" in logged
+    assert "ignoring connected after start" in logged
+
+
+# -- 8. playback pacing --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lead", [0.08, 0.2])
+def test_player_paces_frames_just_ahead_of_playout(lead: float) -> None:
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await settle(h)
+
+    h = run_call(caller, call_settings=settings(player_lead=lead), llm=reply3_llm())
+
+    assert labels(h.segments()) == [(S1, True), (S2, True), (S3, True)]
+    pushes = h.buffer.pushes
+    expected_frames = sum(len(h.tts.audio_for(s)) for s in (S1, S2, S3)) // 160
+    assert len(pushes) == expected_frames
+    assert all(p.due is not None for p in pushes)
+    first, rest = pushes[0], pushes[1:]
+    assert first.first_after_idle
+    assert first.due is not None and 0 <= first.due - first.arrived <= FRAME_SECONDS + EPS
+    for p in rest:
+        assert p.due is not None
+        ahead = p.due - p.arrived
+        assert not p.first_after_idle  # the buffer never ran dry inside the reply
+        assert FRAME_SECONDS - EPS <= ahead <= lead + FRAME_SECONDS + EPS, p
+    assert h.buffer.underruns == []
+    said = h.said[0]
+    _trim_turn_audio(said)
+    assert said.gap_frames == 0
+    assert said.underruns == 0
+
+
+def test_caller_talking_over_the_greeting_stops_it_and_is_answered() -> None:
+    """People often start talking before the greeting ends: stop it and listen."""
+    s = settings(greeting="Hello, you have reached the test line, how can I help you today?")
+    onset = 0.0
+
+    async def caller(h: CallHarness) -> None:
+        nonlocal onset
+        await h.wait_until(lambda: bool(h.agent_frames()))
+        start = trio.current_time()
+        await h.call.say(Utterance(speech(0.5, "w1", "w2"), "w1 w2"))
+        onset = h.caller_onset_after(start)
+        await h.wait_agent_turns(1)
+        await settle(h)
+
+    h = run_call(caller, call_settings=s)
+    greeting_seconds = h.tts.seconds_for(s.greeting)
+    clear_t = h.clears()[0]
+    # Cut soon after the caller started, long before the greeting would have ended.
+    assert onset + s.barge_in_min_speech_seconds - EPS <= clear_t
+    assert clear_t <= onset + s.barge_in_min_speech_seconds + 0.1
+    assert clear_t < h.agent_frames()[0].t + greeting_seconds - 1.0
+    assert [t.text for t in h.sink.caller_turns] == ["w1 w2"]
+    assert h.sink.agent_turns[0].text == "I heard w1 w2."
