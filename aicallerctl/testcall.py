@@ -14,6 +14,7 @@ import base64
 import json
 import secrets
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -261,27 +262,46 @@ async def place_call(
     quiet_seconds: float = 1.2,
     pause_before_speaking: float = 0.4,
     token_override: str | None = None,
+    call_sid: str | None = None,
+    account_sid: str | None = None,
+    direction: str = "inbound",
+    voice_url: str | None = None,
+    params: Mapping[str, str] | None = None,
 ) -> CallResult:
-    """Play one whole call; returns what happened on the Twilio side."""
-    call_sid, account_sid, stream_sid = new_sid("CA"), new_sid("AC"), new_sid("MZ")
+    """Play one whole call; returns what happened on the Twilio side.
+
+    For a call the daemon placed itself, pass what its REST request told Twilio: the
+    ``call_sid`` Twilio gave it, ``direction="outbound-api"`` and the ``voice_url`` it asked
+    Twilio to fetch (query included: it is signed as given). ``params`` adds to or
+    overrides the webhook's form fields.
+    """
+    call_sid = call_sid or new_sid("CA")
+    account_sid = account_sid or new_sid("AC")
+    stream_sid = new_sid("MZ")
     result = CallResult(call_sid=call_sid)
-    params = {
+    form = {
         "AccountSid": account_sid,
         "ApiVersion": "2010-04-01",
         "CallSid": call_sid,
-        "CallStatus": "ringing",
-        "Direction": "inbound",
+        "CallStatus": "ringing" if direction == "inbound" else "in-progress",
+        "Direction": direction,
         "From": from_number,
         "To": to_number,
         "Caller": from_number,
         "Called": to_number,
+        **(params or {}),
     }
-    voice_url = target.public_url.rstrip("/") + "/voice"
-    signature = compute_signature(target.auth_token, voice_url, params)
+    path = "/voice"
+    if voice_url is None:
+        voice_url = target.public_url.rstrip("/") + "/voice"
+    else:
+        parts = urlsplit(voice_url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+    signature = compute_signature(target.auth_token, voice_url, form)
     async with httpx.AsyncClient(verify=target.verify, timeout=30) as client:
         resp = await client.post(
-            target.connect.rstrip("/") + "/voice",
-            data=params,
+            target.connect.rstrip("/") + path,
+            data=form,
             headers={"X-Twilio-Signature": signature},
         )
     if resp.status_code != 200:

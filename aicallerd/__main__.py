@@ -10,6 +10,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before anything imports o
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
 
 EX_CONFIG = 78  # sysexits EX_CONFIG; the unit has RestartPreventExitStatus=78
+EX_FAILURE = 1  # could not start (port in use...): systemd may retry, it can clear up
 DEFAULT_CONFIG = "/etc/aicaller/aicaller.conf"
 
 
@@ -37,16 +38,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(config.log.level, os.environ)
 
+    import logging
+
     import trio
 
-    from aicallerd.daemon import Daemon
+    from aicallerd.daemon import Daemon, StartupError
 
     daemon = Daemon(config, args.config)
     try:
         trio.run(daemon.run)
     except KeyboardInterrupt:
         return 0
+    except BaseException as exc:
+        error = _find(exc, StartupError)
+        if error is None:
+            raise
+        logging.getLogger("aicallerd").error("cannot start: %s", error)
+        return EX_FAILURE
     return 0
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`kind` itself or inside (nested) exception groups: trio's nurseries wrap errors."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

@@ -92,12 +92,13 @@ class Dialer:
         self._rest = None
         self._rest_key = None
 
-    def _client(self, cfg: Config) -> TwilioRest:
+    def _client(self, cfg: Config, *, dialling: bool = True) -> TwilioRest:
         missing = missing_settings(cfg.twilio)
+        if not dialling:
+            missing = [m for m in missing if not m.endswith("from_number")]
         if missing:
-            raise ControlError(
-                E_NOT_CONFIGURED, "outbound calls need " + ", ".join(missing) + " in the config"
-            )
+            what = "outbound calls need" if dialling else "hanging up through Twilio needs"
+            raise ControlError(E_NOT_CONFIGURED, f"{what} {', '.join(missing)} in the config")
         self.configure(cfg.twilio)
         assert self._rest is not None
         return self._rest
@@ -153,7 +154,7 @@ class Dialer:
 
     async def hangup(self, cfg: Config, sid: str) -> CallCreated:
         """End a call that has no live stream of ours (still ringing, or not yet connected)."""
-        rest = self._client(cfg)
+        rest = self._client(cfg, dialling=False)
         try:
             return await rest.hangup(sid)
         except TwilioRestError as exc:

@@ -195,7 +195,10 @@ def test_word_budget_stops_a_rambling_reply_after_the_sentence_that_crosses_it()
     ("raw", "spoken"),
     [
         ("See you tomorrow! (In at most 3 short sentences.)", "See you tomorrow!"),
-        ("We open at nine (weekdays only) and close at five.", "We open at nine and close at five."),
+        (
+            "We open at nine (weekdays only) and close at five.",
+            "We open at nine and close at five.",
+        ),
         ("(Answer naturally in at most 3 short sentences. No lists.)", None),
     ],
 )

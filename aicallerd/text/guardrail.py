@@ -157,8 +157,9 @@ class ReplyFilter:
     `accept` returns the text to speak, or None to skip the sentence. `.done` turns true when
     the rest of the reply must not be spoken (the turn should stop generating): after
     `max_sentences` were accepted or the reply reached `max_words` (about 15 s of speech: a
-    small model's three "short" sentences can run for half a minute), when the reply repeats a sentence it already said, when it
-    starts copying `previous_reply`, or when the model starts writing the caller's next line.
+    small model's three "short" sentences can run for half a minute), when the reply repeats
+    a sentence it already said, when it starts copying `previous_reply`, or when the model
+    starts writing the caller's next line.
     Pass `previous_reply=""` when the caller asked to hear the last answer again.
     """
 
