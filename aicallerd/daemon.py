@@ -131,15 +131,13 @@ class Daemon:
 
     def _prepare(self, session: CallSession, info: CallInfo) -> None:
         """Give an outbound call its contact's greeting, and any call its prompt."""
-        if info.direction == "outbound":
-            # We called them: they say "hello?" first unless the contact has an opening line.
-            session.settings = dataclasses.replace(session.settings, greeting=info.greeting or "")
-            canned = {tag: audio for tag, audio in session.canned.items() if tag != "greeting"}
-            if info.greeting and info.greeting_audio:
-                canned["greeting"] = info.greeting_audio
-            session.canned = canned
-        if info.prompt:
-            session.history[0]["content"] += "\n" + info.prompt
+        # We called them: they say "hello?" first unless the contact has an opening line.
+        outbound = info.direction == "outbound"
+        session.configure(
+            greeting=(info.greeting or "") if outbound else None,
+            greeting_audio=info.greeting_audio if outbound else None,
+            prompt=info.prompt,
+        )
 
     async def run_stream(self, transport: Transport) -> None:
         """Own one call's stream from handshake to hang-up."""
@@ -245,6 +243,9 @@ class Daemon:
             await getattr(self.calllog, op)(*args, **kwargs)
         except Exception as exc:
             log.error("call log %s failed: %s", op, exc)
+
+    async def agent_line(self, call_sid: str, text: str, interrupted: bool) -> None:
+        await self._db("add_turn", call_sid, "agent", text, interrupted, time.time(), {})
 
     async def caller_turn(self, call_sid: str, text: str, started_at: float) -> None:
         await self._db("add_turn", call_sid, "caller", text, False, time.time(), {})

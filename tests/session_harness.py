@@ -277,7 +277,13 @@ class FakeSink:
     def __init__(self, notify: Callable[[], None]) -> None:
         self.caller_turns: list[CallerTurn] = []
         self.agent_turns: list[AgentTurn] = []
+        self.agent_lines: list[tuple[str, bool]] = []
         self._notify = notify
+
+    async def agent_line(self, call_sid: str, text: str, interrupted: bool) -> None:
+        assert call_sid == CALL_SID
+        self.agent_lines.append((text, interrupted))
+        self._notify()
 
     async def caller_turn(self, call_sid: str, text: str, started_at: float) -> None:
         assert call_sid == CALL_SID

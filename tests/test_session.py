@@ -574,3 +574,5 @@ def test_caller_talking_over_the_greeting_stops_it_and_is_answered() -> None:
     assert clear_t < h.agent_frames()[0].t + greeting_seconds - 1.0
     assert [t.text for t in h.sink.caller_turns] == ["w1 w2"]
     assert h.sink.agent_turns[0].text == "I heard w1 w2."
+    # The transcript keeps the greeting, marked as cut short.
+    assert h.sink.agent_lines == [(s.greeting, True)]

@@ -12,6 +12,7 @@ Tasks (all children of :meth:`CallSession.run`'s nursery, so a hang-up ends ever
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -82,6 +83,9 @@ class CallSettings:
 class TurnSink(Protocol):
     """Where finished turns go (the call log and the latency window)."""
 
+    async def agent_line(self, call_sid: str, text: str, interrupted: bool) -> None:
+        """A fixed line (greeting, goodbye) was spoken, or cut short."""
+
     async def caller_turn(self, call_sid: str, text: str, started_at: float) -> None: ...
     async def agent_turn(
         self,
@@ -141,6 +145,25 @@ class CallSession:
         self._closing = False
         self._audio_clock_offset = 0.0  # monotonic - audio time, from the latest frame
         self._dropped_frames = 0
+
+    def configure(
+        self,
+        *,
+        greeting: str | None = None,
+        greeting_audio: bytes | None = None,
+        prompt: str | None = None,
+    ) -> None:
+        """Per-call overrides (an outbound call's contact), set between handshake and run.
+
+        ``greeting=""`` means the agent waits for the callee's "hello?" instead.
+        """
+        if greeting is not None:
+            self.settings = dataclasses.replace(self.settings, greeting=greeting)
+            self.canned = {tag: a for tag, a in self.canned.items() if tag != "greeting"}
+            if greeting and greeting_audio:
+                self.canned["greeting"] = greeting_audio
+        if prompt:
+            self.history[0]["content"] += "\n" + prompt
 
     # -- plumbing -------------------------------------------------------------------------
     async def _send(self, text: str) -> None:
@@ -576,6 +599,9 @@ class CallSession:
         self.log.info("agent says (%s): %r", tag, text)
         await self._wait_played(tag, len(audio) / 8000)
         self._last_activity = trio.current_time()
+        heard = self.player.played(tag)
+        with trio.CancelScope(shield=True):
+            await self.sink.agent_line(self.call_sid, text, not heard)
 
     def _store_audio(self, turn_no: int, ulaw: bytes | bytearray) -> str | None:
         base = self.settings.store_audio_dir
