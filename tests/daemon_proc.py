@@ -16,6 +16,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jiwer
+
+from aicallerctl.testcall import Target
+
 READY_TIMEOUT = 300.0
 
 
@@ -84,31 +88,33 @@ class DaemonProc:
             return self.proc.wait()
 
 
-def write_config(path: Path, port: int, extra: str = "") -> None:
-    path.write_text(
-        f"""
-[server]
-listen = "127.0.0.1:{port}"
-public_url = "https://aicaller.test"
-max_concurrent_calls = 4
-
-[twilio]
-auth_token = "e2e-test-auth-token"
-{extra}
-"""
-    )
+AUTH_TOKEN = "service-test-auth-token"
+PUBLIC_URL = "https://aicaller.test"
 
 
-def start_daemon(
-    tmp: Path, extra_config: str = "", env: dict[str, str] | None = None, wait: bool = True
+def launch(
+    tmp: Path,
+    config: str = "",
+    *,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+    port: int | None = None,
+    public_url: str = PUBLIC_URL,
+    journal: bool = False,
 ) -> DaemonProc:
-    port = free_port()
+    """Start ``python -m aicallerd`` with ``[server]``/``[twilio]`` basics plus ``config``.
+
+    ``config`` may add keys to ``[server]`` and ``[twilio]`` (it is inserted under the
+    matching header) or whole sections of its own. ``journal``: stderr is a pipe named by
+    ``$JOURNAL_STREAM``, as journald's stream is under systemd.
+    """
+    port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
-    config_path = tmp / "aicaller.conf"
-    write_config(config_path, port, extra_config)
     state_dir, runtime_dir = tmp / "state", tmp / "run"
     state_dir.mkdir(exist_ok=True)
     runtime_dir.mkdir(exist_ok=True)
+    config_path = tmp / "aicaller.conf"
+    config_path.write_text(render_config(port, config, public_url))
     full_env = {
         k: v
         for k, v in os.environ.items()
@@ -120,22 +126,66 @@ def start_daemon(
         PYTHONUNBUFFERED="1",
         **(env or {}),
     )
+    stderr: int = subprocess.PIPE
+    if journal:
+        read_end, stderr = os.pipe()
+        st = os.fstat(stderr)
+        full_env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "aicallerd", "--config", str(config_path)],
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         stdout=subprocess.DEVNULL,
         env=full_env,
     )
-    d = DaemonProc(
-        proc,
-        config_path,
-        state_dir,
-        runtime_dir,
-        port,
-        "https://aicaller.test",
-        "e2e-test-auth-token",
-    )
+    if journal:
+        os.close(stderr)
+        proc.stderr = os.fdopen(read_end, "rb")
+    d = DaemonProc(proc, config_path, state_dir, runtime_dir, port, public_url, AUTH_TOKEN)
     threading.Thread(target=d._pump, daemon=True).start()
     if wait:
         d.wait_for("ready:")
     return d
+
+
+def render_config(port: int, extra: str = "", public_url: str = PUBLIC_URL) -> str:
+    """The test config: extra ``[server]``/``[twilio]`` lines go under their headers."""
+    server, twilio, rest = [], [], []
+    target = rest
+    for line in extra.strip().splitlines():
+        header = line.strip()
+        if header in ("[server]", "[twilio]"):
+            target = server if header == "[server]" else twilio
+            continue
+        if header.startswith("["):
+            target = rest
+        target.append(line)
+    return "\n".join(
+        [
+            "[server]",
+            f'listen = "127.0.0.1:{port}"',
+            f'public_url = "{public_url}"',
+            "max_concurrent_calls = 4",
+            *server,
+            "",
+            "[twilio]",
+            f'auth_token = "{AUTH_TOKEN}"',
+            *twilio,
+            "",
+            *rest,
+            "",
+        ]
+    )
+
+
+def target(d: DaemonProc) -> Target:
+    return Target(connect=d.base_url, public_url=d.public_url, auth_token=d.auth_token)
+
+
+def normalize(text: str) -> str:
+    return " ".join(
+        "".join(c for c in text.lower() if c.isalnum() or c.isspace() or c == "'").split()
+    )
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return jiwer.wer(normalize(reference), normalize(hypothesis) or "<empty>")

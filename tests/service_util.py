@@ -4,7 +4,6 @@ runs it, with a config of the test's choosing, driven through aicallerctl and th
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import socket
@@ -14,100 +13,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import jiwer
-from daemon_proc import DaemonProc, free_port
-
-from aicallerctl.testcall import Target
-
-AUTH_TOKEN = "service-test-auth-token"
-PUBLIC_URL = "https://aicaller.test"
-
-
-def launch(
-    tmp: Path,
-    config: str = "",
-    *,
-    env: dict[str, str] | None = None,
-    wait: bool = True,
-    port: int | None = None,
-    public_url: str = PUBLIC_URL,
-    journal: bool = False,
-) -> DaemonProc:
-    """Start ``python -m aicallerd`` with ``[server]``/``[twilio]`` basics plus ``config``.
-
-    ``config`` may add keys to ``[server]`` and ``[twilio]`` (it is inserted under the
-    matching header) or whole sections of its own. ``journal``: stderr is a pipe named by
-    ``$JOURNAL_STREAM``, as journald's stream is under systemd.
-    """
-    port = port or free_port()
-    tmp.mkdir(parents=True, exist_ok=True)
-    state_dir, runtime_dir = tmp / "state", tmp / "run"
-    state_dir.mkdir(exist_ok=True)
-    runtime_dir.mkdir(exist_ok=True)
-    config_path = tmp / "aicaller.conf"
-    config_path.write_text(render_config(port, config, public_url))
-    full_env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("TWILIO_AUTH_TOKEN", "NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC")
-    }
-    full_env.update(
-        STATE_DIRECTORY=str(state_dir),
-        RUNTIME_DIRECTORY=str(runtime_dir),
-        PYTHONUNBUFFERED="1",
-        **(env or {}),
-    )
-    stderr: int = subprocess.PIPE
-    if journal:
-        read_end, stderr = os.pipe()
-        st = os.fstat(stderr)
-        full_env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aicallerd", "--config", str(config_path)],
-        stderr=stderr,
-        stdout=subprocess.DEVNULL,
-        env=full_env,
-    )
-    if journal:
-        os.close(stderr)
-        proc.stderr = os.fdopen(read_end, "rb")
-    d = DaemonProc(proc, config_path, state_dir, runtime_dir, port, public_url, AUTH_TOKEN)
-    threading.Thread(target=d._pump, daemon=True).start()
-    if wait:
-        d.wait_for("ready:")
-    return d
-
-
-def render_config(port: int, extra: str = "", public_url: str = PUBLIC_URL) -> str:
-    """The test config: extra ``[server]``/``[twilio]`` lines go under their headers."""
-    server, twilio, rest = [], [], []
-    target = rest
-    for line in extra.strip().splitlines():
-        header = line.strip()
-        if header in ("[server]", "[twilio]"):
-            target = server if header == "[server]" else twilio
-            continue
-        if header.startswith("["):
-            target = rest
-        target.append(line)
-    return "\n".join(
-        [
-            "[server]",
-            f'listen = "127.0.0.1:{port}"',
-            f'public_url = "{public_url}"',
-            "max_concurrent_calls = 4",
-            *server,
-            "",
-            "[twilio]",
-            f'auth_token = "{AUTH_TOKEN}"',
-            *twilio,
-            "",
-            *rest,
-            "",
-        ]
-    )
+from daemon_proc import (  # noqa: F401  (re-exported for the service tests)
+    AUTH_TOKEN,
+    PUBLIC_URL,
+    DaemonProc,
+    free_port,
+    launch,
+    normalize,
+    render_config,
+    target,
+    wer,
+)
 
 
 def socket_path(d: DaemonProc) -> str:
@@ -122,20 +39,6 @@ def ctl(d: DaemonProc, *args: str, timeout: float = 90) -> subprocess.CompletedP
         text=True,
         timeout=timeout,
     )
-
-
-def target(d: DaemonProc) -> Target:
-    return Target(connect=d.base_url, public_url=d.public_url, auth_token=d.auth_token)
-
-
-def normalize(text: str) -> str:
-    return " ".join(
-        "".join(c for c in text.lower() if c.isalnum() or c.isspace() or c == "'").split()
-    )
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    return jiwer.wer(normalize(reference), normalize(hypothesis) or "<empty>")
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:

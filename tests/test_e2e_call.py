@@ -10,14 +10,13 @@ from __future__ import annotations
 import sqlite3
 
 import httpx
-import jiwer
 import numpy as np
 import pytest
 import trio
-from daemon_proc import start_daemon
+from daemon_proc import launch, normalize, target, wer
 from speech import speak
 
-from aicallerctl.testcall import Target, Utterance, place_call
+from aicallerctl.testcall import Utterance, place_call
 from aicallerd.audio.mulaw import ulaw_decode
 from aicallerd.twilio.signature import compute_signature
 
@@ -29,7 +28,7 @@ MAX_CALLER_WER = 0.35
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = start_daemon(tmp_path_factory.mktemp("e2e"))
+    d = launch(tmp_path_factory.mktemp("e2e"))
     yield d
     code = d.stop()
     assert code == 0, d.log_text()[-3000:]
@@ -42,20 +41,6 @@ def stt():
     t = Transcriber()
     t.load()
     return t
-
-
-def target(d) -> Target:
-    return Target(connect=d.base_url, public_url=d.public_url, auth_token=d.auth_token)
-
-
-def normalize(text: str) -> str:
-    return " ".join(
-        "".join(c for c in text.lower() if c.isalnum() or c.isspace() or c == "'").split()
-    )
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    return jiwer.wer(normalize(reference), normalize(hypothesis) or "<empty>")
 
 
 def caller_turns(db_path, call_sid: str) -> list[str]:

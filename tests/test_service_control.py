@@ -104,26 +104,29 @@ def test_calls_and_transcript_after_the_call(daemon, finished_call):
     sid = result.call_sid
     calls = json.loads(ctl(daemon, "calls", "--json").stdout)["calls"]
     row = next(c for c in calls if c["sid"] == sid)
-    assert row["direction"] == "in" and row["turns"] == 2
+    # The greeting, then one exchange.
+    assert row["direction"] == "in" and row["turns"] == 3
     assert row["ended_at"] is not None and row["answered_at"] is not None
 
     proc = ctl(daemon, "transcript", sid, "--json")
     assert proc.returncode == 0, proc.stderr
     transcript = json.loads(proc.stdout)
-    turns = transcript["turns"]
+    greeting, *turns = transcript["turns"]
+    assert greeting["who"] == "agent" and "aicaller assistant" in greeting["text"]
     assert [t["who"] for t in turns] == ["caller", "agent"]
     assert wer(SAID, turns[0]["text"]) <= 0.35, turns[0]
     assert turns[1]["text"] and "voice_to_voice" in turns[1]["legs"]
 
     human = ctl(daemon, "transcript", sid).stdout.splitlines()
     assert human[0].startswith(f"call {sid} from +15550001111")
-    assert human[1].startswith("caller: ") and human[2].startswith("agent:  ")
+    assert human[1].startswith("agent:  ")
+    assert human[2].startswith("caller: ") and human[3].startswith("agent:  ")
 
 
 def test_store_all_response_audio_keeps_each_reply(daemon, finished_call, stt):
     result, _ = finished_call
     transcript = json.loads(ctl(daemon, "transcript", result.call_sid, "--json").stdout)
-    agent = next(t for t in transcript["turns"] if t["who"] == "agent")
+    agent = next(t for t in transcript["turns"] if t["who"] == "agent" and t["legs"])
     path = agent["audio_path"]
     assert path and path.startswith(str(daemon.state_dir / "audio" / result.call_sid))
     pcm, rate = read_wav(path)

@@ -42,6 +42,7 @@ def test_sigkill_mid_call_keeps_the_finished_turns(tmp_path):
         ).fetchall()
     assert call is not None and call[0] == "in" and call[1] == "+15550001111"
     assert call[2] is not None and call[3] is None  # answered, never ended: it was killed
-    assert [(seq, who) for seq, who, _ in turns[:2]] == [(1, "caller"), (2, "agent")]
-    assert wer(FIRST, turns[0][2]) <= 0.35, turns
-    assert turns[1][2]
+    # The greeting, then the first exchange, all committed before the kill.
+    assert [(seq, who) for seq, who, _ in turns[:3]] == [(1, "agent"), (2, "caller"), (3, "agent")]
+    assert wer(FIRST, turns[1][2]) <= 0.35, turns
+    assert turns[2][2]
