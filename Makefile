@@ -44,8 +44,20 @@ lint: $(STAMP)
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q
 
+# Latency benchmark (bench/README.md): starts its own daemon on the embedded defaults and
+# calls it through the Twilio stand-in; prints markdown, saves JSON under bench/results/.
+# Extra flags: make bench ARGS="--set turn.done_speaking_silence_seconds=0.5".
 bench: $(STAMP) system-deps
-	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.latency $(ARGS)
+
+bench-load: $(STAMP) system-deps
+	$(BIN)/python -m bench.latency --concurrency 1,2,4,8 $(ARGS)
+
+bench-bargein: $(STAMP) system-deps
+	$(BIN)/python -m bench.latency --barge-in $(ARGS)
+
+bench-all: $(STAMP) system-deps
+	$(BIN)/python -m bench.latency --conversation --concurrency 1,2,4,8 --barge-in $(ARGS)
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache

@@ -134,6 +134,7 @@ class _Call:
         self.send_lock = trio.Lock()
         self.caller_queue: list[np.ndarray] = []  # pending caller audio frames (pcm8)
         self.caller_done = trio.Event()
+        self.hanging_up = False
         self.turn: TurnResult | None = None
         self.last_audible = -1.0
         self.agent_started = trio.Event()
@@ -168,7 +169,7 @@ class _Call:
                     for name in self.buffer.clear():
                         await self._echo_mark(name)
         except ConnectionClosed:
-            self.result.closed_by_daemon = True
+            self.result.closed_by_daemon = not self.hanging_up
         finally:
             self.closed.set()
             self.caller_done.set()
@@ -215,7 +216,7 @@ class _Call:
                     await self._echo_mark(name)
                 await trio.sleep_until(start + n * 0.02)
         except ConnectionClosed:
-            self.result.closed_by_daemon = True
+            self.result.closed_by_daemon = not self.hanging_up
             self.closed.set()
             self.caller_done.set()
 
@@ -326,6 +327,7 @@ async def place_call(
         ssl_context = ssl.create_default_context(
             cafile=target.verify if isinstance(target.verify, str) else None
         )
+    call: _Call | None = None
     try:
         async with open_websocket_url(
             ws_url,
@@ -341,13 +343,14 @@ async def place_call(
                 nursery.start_soon(call.clock_loop)
                 await _converse(call, script, reply_timeout, quiet_seconds, pause_before_speaking)
                 if not call.closed.is_set():
+                    call.hanging_up = True  # the close that follows is ours, not the daemon's
                     await call.send(
                         media.stop_event(call.next_seq(), stream_sid, call_sid, account_sid)
                     )
                     await ws.aclose()
                 nursery.cancel_scope.cancel()
     except ConnectionClosed:
-        result.closed_by_daemon = True
+        result.closed_by_daemon = not (call is not None and call.hanging_up)
     except Exception as exc:  # handshake refused, etc.
         if not result.turns and result.refused is None and "Handshake" in type(exc).__name__:
             result.refused = f"stream refused: {exc}"

@@ -138,14 +138,6 @@ class Daemon:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time the daemon (all threads) has used so far."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (the daemon drains), then SIGKILL after ``timeout``."""
         if self.proc.poll() is None:
@@ -184,7 +176,7 @@ def running_daemon(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, async-signal-safe enough
+        preexec_fn=_die_with_parent,  # only a prctl() call between fork and exec
     )
     daemon = Daemon(proc, tmp, config_path, env, port, token)
     threading.Thread(target=daemon._pump, name="aicallerd-log", daemon=True).start()
@@ -193,7 +185,7 @@ def running_daemon(
         yield daemon
     finally:
         code = daemon.stop()
-        if code not in (0, -signal.SIGTERM):
+        if daemon.ready_line and code not in (0, -signal.SIGTERM):
             print(f"bench: aicallerd exited with status {code}", file=sys.stderr)
         if not keep_dir:
             import shutil

@@ -46,8 +46,7 @@ SENTENCES = [
     "Yes, please.",
     "What is the weather going to be like this weekend?",
     "Do you speak English?",
-    "I have been thinking about learning a new language this year, "
-    "what is the best way to start?",
+    "I have been thinking about learning a new language this year, what is the best way to start?",
     "Please tell me a short joke.",
     "How long does it take to drive from here to the airport?",
     "What do you recommend for a cold?",
@@ -63,7 +62,8 @@ CANDIDATES = [
     "Is it going to rain tomorrow in London?",
     "Could you explain how to reset my password?",
     "Tell me something interesting about the ocean.",
-    "I am looking for a good restaurant in the city center where we can have dinner with six people.",
+    "I am looking for a good restaurant in the city center "
+    "where we can have dinner with six people.",
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import trio
 from session_harness import (
@@ -576,3 +577,14 @@ def test_caller_talking_over_the_greeting_stops_it_and_is_answered() -> None:
     assert h.sink.agent_turns[0].text == "I heard w1 w2."
     # The transcript keeps the greeting, marked as cut short.
     assert h.sink.agent_lines == [(s.greeting, True)]
+
+
+def test_leading_silence_of_the_voice_is_not_sent() -> None:
+    """Piper starts each synthesis with ~0.1 s of near-silence: it only delays the answer."""
+    from aicallerd.audio.mulaw import ulaw_decode
+    from aicallerd.call.reply import trim_leading_silence
+
+    audio = ulaw_encode(np.concatenate([np.zeros(1600, np.int16), np.full(800, 4000, np.int16)]))
+    trimmed = ulaw_decode(trim_leading_silence(audio))
+    assert len(trimmed) == 800 + 80 and trimmed[80] == ulaw_decode(audio)[1600]
+    assert trim_leading_silence(ulaw_encode(np.zeros(800, np.int16))) == b""

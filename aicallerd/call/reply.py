@@ -12,8 +12,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import trio
 
+from aicallerd.audio.mulaw import ulaw_decode
 from aicallerd.call.metrics import TurnLegs
 from aicallerd.call.player import Gate, Player
 from aicallerd.engines.llm import ChatClient, LLMError
@@ -22,6 +24,14 @@ from aicallerd.text.guardrail import ReplyFilter
 from aicallerd.text.sentences import SentenceSplitter
 
 log = logging.getLogger("aicallerd.call")
+
+
+def trim_leading_silence(ulaw: bytes, threshold: int = 200, keep: int = 80) -> bytes:
+    """Drop near-silent samples before the first sound, keeping ``keep`` samples (10 ms)."""
+    loud = np.flatnonzero(np.abs(ulaw_decode(ulaw).astype(np.int32)) >= threshold)
+    if not len(loud):
+        return b""
+    return ulaw[max(0, int(loud[0]) - keep) :]
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,11 @@ async def _synthesize(
             t_sentence = trio.current_time()
             audio = bytearray()
             async for chunk in tts.stream_ulaw(text):
+                if not reply.sentences and not audio:
+                    # The voice's own lead-in silence would only delay the first word.
+                    chunk = trim_leading_silence(chunk)
+                    if not chunk:
+                        continue
                 if not audio and legs.tts_first_audio is None:
                     legs.tts_first_audio = trio.current_time() - t_sentence
                 player.enqueue_audio(chunk, on_sent=None if audio else on_first_frame)

@@ -1,0 +1,210 @@
+"""Numbers to text: percentiles, markdown tables, machine info."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+
+def percentile(values: Iterable[float | None], q: float) -> float | None:
+    """Nearest-rank percentile of the non-None values (the daemon's status uses the same)."""
+    ordered = sorted(v for v in values if v is not None)
+    if not ordered:
+        return None
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def ms(value: float | None, digits: int = 0) -> str:
+    """Milliseconds for a table cell; "-" for no data."""
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A GitHub markdown table; numbers right-aligned."""
+    rows = [["-" if c is None else str(c) for c in row] for row in rows]
+    numeric = [
+        all(_is_number(r[i]) for r in rows if r[i] != "-") and any(r[i] != "-" for r in rows)
+        for i in range(len(header))
+    ]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
+    ]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.split("/")[0].rstrip("%"))
+    except ValueError:
+        return False
+    return True
+
+
+def _cpuinfo() -> tuple[str, str | None]:
+    models, mhz = [], None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                models.append(value.strip())
+            elif key.strip() == "cpu MHz" and mhz is None:
+                mhz = value.strip()
+    except OSError:
+        pass
+    return (models[0] if models else platform.processor() or "unknown"), mhz
+
+
+def _meminfo_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).parent,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def machine_info() -> dict[str, object]:
+    """Cores, CPU model, memory, load, kernel, Python, git revision."""
+    model, mhz = _cpuinfo()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "cpu_model": model,
+        "cpu_mhz": mhz,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "mem_gb": _meminfo_gb(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "git": _git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+    }
+
+
+def machine_line(info: dict[str, object]) -> str:
+    mhz = f" @ {float(info['cpu_mhz']):.0f} MHz" if info.get("cpu_mhz") else ""  # type: ignore[arg-type]
+    load = info.get("loadavg_at_start") or []
+    dirty = " (uncommitted changes)" if info.get("git_dirty") else ""
+    return (
+        f"{info['cpu_model']}{mhz}, {info['cores']} cores ({info['usable_cores']} usable), "
+        f"{info['mem_gb']} GB RAM, load average {' '.join(map(str, load))} at start; "
+        f"Linux {info['kernel']}, Python {info['python']}, git {info['git']}{dirty}"
+    )
+
+
+def _busy_jiffies() -> int | None:
+    """All CPUs' non-idle time so far, from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return user + nice + system + irq + softirq + steal
+
+
+def _proc_jiffies(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(stat[11]) + int(stat[12])
+
+
+class CpuMeter:
+    """CPU used by the daemon, by the benchmark itself and by everything else, between
+    :meth:`start` and :meth:`stop`, in % of one core. "Others" above a few % means the
+    machine was shared while measuring (tests, other daemons) and the numbers suffer."""
+
+    def __init__(self, daemon_pid: int | None = None) -> None:
+        self.daemon_pid = daemon_pid
+        self._t0 = 0.0
+        self._start: tuple[int | None, int | None, int | None] = (None, None, None)
+
+    def _sample(self) -> tuple[int | None, int | None, int | None]:
+        daemon = 0 if self.daemon_pid is None else _proc_jiffies(self.daemon_pid)
+        return _busy_jiffies(), daemon, _proc_jiffies(os.getpid())
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._start = self._sample()
+
+    def stop(self) -> dict[str, float | None]:
+        wall = time.monotonic() - self._t0
+        end = self._sample()
+        hz = os.sysconf("SC_CLK_TCK")
+        deltas = [
+            None if a is None or b is None else (b - a) / hz
+            for a, b in zip(self._start, end, strict=True)
+        ]
+        total, daemon, bench = deltas
+        others = None
+        if total is not None and daemon is not None and bench is not None:
+            others = max(0.0, total - daemon - bench)
+
+        def pct(x: float | None) -> float | None:
+            return None if x is None or wall <= 0 else round(100 * x / wall, 1)
+
+        return {
+            "wall_seconds": round(wall, 1),
+            "daemon_pct": pct(daemon),
+            "bench_pct": pct(bench),
+            "others_pct": pct(others),
+        }
+
+
+def cpu_line(cpu: dict[str, float | None]) -> str:
+    """One sentence for a report; a warning when other processes used the CPU too."""
+    text = (
+        f"CPU during this mode ({cpu['wall_seconds']} s), % of one core: daemon "
+        f"{ms(cpu['daemon_pct'])}, benchmark + stand-in {ms(cpu['bench_pct'])}, "
+        f"other processes {ms(cpu['others_pct'])}."
+    )
+    others = cpu.get("others_pct")
+    if others is not None and others > 15:
+        text += (
+            f" **Warning: other processes used {others:.0f} % of a core while this was "
+            "measured (tests, other daemons?): these numbers are not representative.**"
+        )
+    return text
+
+
+def wait_idle(max_wait: float, threshold: float = 15.0, window: float = 5.0) -> float | None:
+    """Wait (up to ``max_wait`` s) until other processes use under ``threshold`` % of a core
+    over ``window`` s; return the last measured %, None if it cannot be measured."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        meter = CpuMeter()
+        meter.start()
+        time.sleep(window)
+        others = meter.stop()["others_pct"]
+        if others is None or others < threshold or time.monotonic() >= deadline:
+            return others
