@@ -8,8 +8,6 @@ import sys
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before anything imports onnxruntime
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
-# CTranslate2's OpenMP threads must not spin-wait: they share the cores with llama.cpp/Piper.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EX_CONFIG = 78  # sysexits EX_CONFIG; the unit has RestartPreventExitStatus=78
 EX_FAILURE = 1  # could not start (port in use...): systemd may retry, it can clear up

@@ -91,9 +91,6 @@ class EmbeddedLlamaServer:
             params.n_parallel = self.parallel
             params.cpuparams.n_threads = self.threads
             params.cpuparams_batch.n_threads = self.threads
-            # No busy-polling between ops: Whisper and Piper need the same two cores.
-            params.cpuparams.poll = 0
-            params.cpuparams_batch.poll = 0
             params.hostnames = ["127.0.0.1"]
             params.port = 0  # let the OS pick a free port: no race with other processes
             params.offline = True  # never reach for Hugging Face

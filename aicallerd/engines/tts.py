@@ -56,23 +56,6 @@ class Synthesizer(Protocol):
         ...
 
 
-def _quiet_session(model: Path) -> Any:
-    """Piper's ONNX session without busy-waiting threads.
-
-    onnxruntime's intra-op pool spins between ops by default; on a 2-core box that spinning
-    competes with Whisper and llama.cpp running at the same moment for another sentence or
-    another call, and all three slow down many times over.
-    """
-    import onnxruntime
-
-    opts = onnxruntime.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return onnxruntime.InferenceSession(
-        str(model), sess_options=opts, providers=["CPUExecutionProvider"]
-    )
-
-
 class PiperTTS:
     """Local Piper voice; `voice` is "bundled" (en_US joe medium) or a path to an .onnx voice."""
 
@@ -121,7 +104,6 @@ class PiperTTS:
             started = time.monotonic()
             try:
                 self._piper = PiperVoice.load(model, config_path=config)
-                self._piper.session = _quiet_session(model)
             except Exception as exc:
                 raise TTSError(f"cannot load Piper voice {model}: {exc}") from exc
             self._syn_config = SynthesisConfig(length_scale=1.0 / self.speed, volume=self.volume)
