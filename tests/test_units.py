@@ -27,7 +27,8 @@ SECURITY_BOUND = 2.0  # measured 1.4 with systemd 252
 def need(tool: str, package: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        pytest.skip(f"{tool} not installed (apt-get install -y {package})")
+        # `make test` installs it (scripts/system-deps.sh): a missing tool is a setup bug.
+        pytest.fail(f"{tool} not installed (apt-get install -y {package})")
     return path
 
 
