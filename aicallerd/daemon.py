@@ -172,7 +172,7 @@ class Daemon:
             self._calls_changed()
             duration = trio.current_time() - (info.started_at or trio.current_time())
             clog.info(
-                "call ended: %s after %.1fs, %d turns", session.end_reason, duration, session.turns
+                "call ended: %s after %.1fs, %d turns", session.end_reason, duration, info.turns
             )
             with trio.CancelScope(shield=True):
                 await self._record_end(info, session.end_reason)
