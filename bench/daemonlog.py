@@ -13,16 +13,6 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-LEGS = (
-    "endpoint_wait",
-    "stt_tail",
-    "llm_first_token",
-    "first_sentence",
-    "tts_first_audio",
-    "first_frame",
-    "voice_to_voice",
-)
-
 _TURN = re.compile(r"\[(?P<sid>CA[0-9a-fA-F]+)\] turn (?P<n>\d+): (?P<body>.*)$")
 _TEXT = r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
 _TEXTS = re.compile(rf"caller={_TEXT} agent={_TEXT}")

@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 import trio
 
+from aicallerd.call.metrics import LEG_NAMES as LEGS
 from bench import frames as fr
 from bench.daemon import Daemon, DaemonError, running_daemon
-from bench.daemonlog import LEGS, DaemonTurn, barge_ins_of, notable, turns_of
+from bench.daemonlog import DaemonTurn, barge_ins_of, notable, turns_of
 from bench.make_utterances import wer
 from bench.report import (
     CpuMeter,
