@@ -10,8 +10,6 @@ each turn, the time from the end of the caller's speech to the first agent audio
 
 from __future__ import annotations
 
-import base64
-import json
 import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -399,11 +397,3 @@ async def _converse(
         call.last_audible = -1.0
         await _wait_reply(call, reply_timeout, quiet)
     call.turn = None
-
-
-def result_json(result: CallResult) -> str:
-    return json.dumps(result.to_json(), indent=2)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
