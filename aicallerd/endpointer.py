@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aicallerd.audio.resample import rms
+
 SAMPLE_RATE = 8000
 _EPS = 1e-6  # far below one sample (125 us): absorbs float error in summed frame times
 _GAP_FILL_LIMIT_SECONDS = 10.0
@@ -178,8 +180,11 @@ class Endpointer:
         if self._end_t is not None:
             self._floor_t = self._end_t
 
-    def feed(self, pcm8: np.ndarray, speech_prob: float, t: float) -> list[Event]:
-        """Process one frame (any length) starting at audio time `t`."""
+    def feed(
+        self, pcm8: np.ndarray, speech_prob: float, t: float, level: float | None = None
+    ) -> list[Event]:
+        """Process one frame (any length) starting at audio time `t`; `level` is its RMS when
+        the caller has it already."""
         x = np.array(pcm8, dtype=np.int16).reshape(-1)  # a copy: callers may reuse buffers
         if len(x) == 0:
             return []
@@ -191,7 +196,9 @@ class Endpointer:
         # Sub-frame jitter or overlap: keep the audio contiguous and trust our own clock.
         t = self._origin_t + self._n / SAMPLE_RATE
         s = self.settings
-        is_speech = speech_prob >= s.vad_threshold and _rms(x) >= s.min_speech_rms_threshold
+        if level is None:
+            level = rms(x)
+        is_speech = speech_prob >= s.vad_threshold and level >= s.min_speech_rms_threshold
         self._process(x, is_speech, t, events)
         return events
 
@@ -350,8 +357,3 @@ class Endpointer:
         )
         self._chunks_emitted += 1
         self._floor_t = end_t
-
-
-def _rms(x: np.ndarray) -> float:
-    v = x.astype(np.float64)
-    return float(np.sqrt(np.mean(v * v)))

@@ -11,6 +11,10 @@ not care which one runs:
   window to window. A 20 ms frame holds 0.625 windows: the probability of the latest complete window
   is returned, and kept while the next one fills.
 - `RmsVad`: the seed's energy threshold, for machines or tests that want no model at all.
+
+`probabilities` runs a detector over a batch of frames. Frames below the endpointer's RMS gate
+cannot be speech whatever the model says, so they cost no inference at all: a call of silence
+or line noise is nearly free, and the model only runs (off the event loop) while someone talks.
 """
 
 import functools
@@ -22,8 +26,10 @@ import numpy as np
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # must precede the onnxruntime import
 
+from aicallerd.audio.resample import rms
+
 SAMPLE_RATE = 8000
-MODEL_RATE = 16000
+QUIET_RESET_SAMPLES = 1600  # 200 ms below the gate: the next speech starts the model afresh
 WINDOW = 512  # model samples per inference (32 ms at 16 kHz)
 CONTEXT = 64  # left context the v6 model expects in front of each window
 STATE_SHAPE = (1, 1, 128)
@@ -85,10 +91,9 @@ class Upsampler2x:
 class SileroVad:
     """Silero v6 speech probability for streaming 8 kHz int16 frames (stateful per call)."""
 
-    def __init__(
-        self, threshold: float = 0.5, model_path: str | None = None, session: Any = None
-    ) -> None:
-        self.threshold = threshold
+    in_thread = True  # inference is too slow for the event loop
+
+    def __init__(self, model_path: str | None = None, session: Any = None) -> None:
         self._session = session if session is not None else load_session(model_path)
         self._up = Upsampler2x()
         self.reset()
@@ -101,11 +106,21 @@ class SileroVad:
         self._pending = np.zeros(0, dtype=np.float32)
         self._up.reset()
         self._last = 0.0
+        self._quiet = 0
+
+    def skip(self, samples: int) -> None:
+        """A frame was not worth inference (below the RMS gate): after a while of those,
+        forget the state so stale speech context cannot leak into the next phrase."""
+        self._quiet += samples
+        if self._quiet >= QUIET_RESET_SAMPLES and self._quiet - samples < QUIET_RESET_SAMPLES:
+            self.reset()
+            self._quiet = QUIET_RESET_SAMPLES
 
     def probability(self, pcm8: np.ndarray) -> float:
         """Feed one frame; return the probability of the newest complete 32 ms window."""
         if len(pcm8) == 0:
             return self._last
+        self._quiet = 0
         x16 = self._up.process(np.asarray(pcm8, dtype=np.float32) * (1.0 / 32768.0))
         buf = np.concatenate([self._pending, x16])
         pos = 0
@@ -121,20 +136,11 @@ class SileroVad:
         self._pending = buf[pos:]
         return self._last
 
-    def is_speech(self, pcm8: np.ndarray) -> bool:
-        return self.probability(pcm8) >= self.threshold
-
-
-def frame_rms(pcm8: np.ndarray) -> float:
-    """RMS on the int16 scale (like audioop.rms), computed in float64 so it cannot overflow."""
-    if len(pcm8) == 0:
-        return 0.0
-    x = np.asarray(pcm8, dtype=np.float64)
-    return float(np.sqrt(np.mean(x * x)))
-
 
 class RmsVad:
     """The seed's energy gate behind the VAD interface: 1.0 at or above the threshold, else 0.0."""
+
+    in_thread = False
 
     def __init__(self, threshold_rms: float) -> None:
         self.threshold_rms = threshold_rms
@@ -142,5 +148,23 @@ class RmsVad:
     def reset(self) -> None:
         """Stateless; present so either VAD can be swapped in."""
 
+    def skip(self, samples: int) -> None:
+        """Stateless: nothing to forget."""
+
     def probability(self, pcm8: np.ndarray) -> float:
-        return 1.0 if frame_rms(pcm8) >= self.threshold_rms else 0.0
+        return 1.0 if rms(pcm8) >= self.threshold_rms else 0.0
+
+
+def probabilities(
+    vad: Any, frames: list[np.ndarray], levels: list[float], gate: float
+) -> list[float]:
+    """Speech probability of each frame; 0.0 without inference for frames whose RMS
+    (``levels``) is below ``gate``, which the endpointer would not count as speech anyway."""
+    out = []
+    for pcm, level in zip(frames, levels, strict=True):
+        if level < gate:
+            vad.skip(len(pcm))
+            out.append(0.0)
+        else:
+            out.append(vad.probability(pcm))
+    return out

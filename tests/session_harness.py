@@ -34,8 +34,8 @@ from aicallerctl.playout import PlayoutBuffer, Tick
 from aicallerctl.testcall import CallResult, TurnResult, Utterance, _Call
 from aicallerd.audio.mulaw import ulaw_decode, ulaw_encode
 from aicallerd.call.metrics import TurnLegs
-from aicallerd.call.reply import ReplySettings
-from aicallerd.call.session import CallSession, CallSettings
+from aicallerd.call.session import CallSession
+from aicallerd.call.settings import CallSettings, ReplySettings
 from aicallerd.endpointer import EndpointerSettings
 from aicallerd.engines.llm import LLMError
 from aicallerd.twilio import media
@@ -632,6 +632,34 @@ async def _stand_in_hangs_up(h: CallHarness) -> None:
         await h.session_done.wait()
 
 
+def new_session(
+    transport: MemoryTransport,
+    call_settings: CallSettings | None = None,
+    *,
+    stt: FakeSTT | None = None,
+    llm: FakeLLM | None = None,
+    tts: FakeTTS | None = None,
+    sink: FakeSink | None = None,
+    canned: dict[str, bytes] | None = None,
+) -> CallSession:
+    """A session on ``transport`` with the fakes; its start must carry token "tok"."""
+
+    async def accept(start: media.Start) -> bool:
+        return start.call_sid == CALL_SID and start.custom_parameters.get("token") == "tok"
+
+    return CallSession(
+        transport=transport,
+        settings=call_settings or settings(),
+        transcribe=(stt or FakeSTT()).transcribe,
+        llm=llm or FakeLLM(),
+        tts=tts or FakeTTS(),
+        vad_factory=lambda: RmsVad(LOUD_RMS),
+        verify_start=accept,
+        sink=sink or FakeSink(transport.link.notify),
+        canned=canned_lines() if canned is None else canned,
+    )
+
+
 async def with_call(
     body: Callable[[CallHarness], Awaitable[None]],
     *,
@@ -650,19 +678,8 @@ async def with_call(
     llm = llm or FakeLLM()
     tts = tts or FakeTTS()
 
-    async def accept(start: media.Start) -> bool:
-        return start.call_sid == CALL_SID and start.custom_parameters.get("token") == "tok"
-
-    session = CallSession(
-        transport=MemoryTransport(link),
-        settings=call_settings or settings(),
-        transcribe=stt.transcribe,
-        llm=llm,
-        tts=tts,
-        vad_factory=lambda: RmsVad(LOUD_RMS),
-        verify_start=accept,
-        sink=sink,
-        canned=canned,
+    session = new_session(
+        MemoryTransport(link), call_settings, stt=stt, llm=llm, tts=tts, sink=sink, canned=canned
     )
     ws = FakeWebSocket(link)
     call = _Call(ws, CallResult(call_sid=CALL_SID), STREAM_SID, ACCOUNT_SID)

@@ -12,14 +12,19 @@ import logging
 import numpy as np
 import pytest
 import trio
+import trio.testing
 from session_harness import (
     FRAME_SECONDS,
     CallHarness,
     FakeLLM,
     FakeSTT,
     FakeTTS,
+    FakeWebSocket,
+    Link,
+    MemoryTransport,
     Segment,
     decode_words,
+    new_session,
     run_call,
     settings,
     speech,
@@ -468,15 +473,48 @@ def _media(ts_ms: int, payload: bytes, track: str = "inbound") -> str:
     return raw.replace('"track":"inbound"', f'"track":"{track}"')
 
 
+SID = "MZ" + "1" * 32
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "garbage",
+        b"",
+        _media(0, b"\xff" * 160),
+        media.mark_event(2, SID, "early"),
+        media.dtmf_event(3, SID, "1"),
+    ],
+    ids=["garbage", "empty-binary", "media", "mark", "dtmf"],
+)
+def test_anything_but_start_first_closes_the_stream(
+    first: str | bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Twilio always sends ``connected`` then ``start``: anything else is not Twilio, and
+    the stream is closed before the call's state or any engine work exists."""
+    caplog.set_level(logging.INFO, logger="aicallerd")
+    llm = FakeLLM()
+
+    async def main() -> None:
+        link = Link()
+        session = new_session(MemoryTransport(link), llm=llm)
+        ws = FakeWebSocket(link)
+        await ws.send_message(media.connected_event())
+        await ws.send_message(first)
+        assert await session.handshake() is None
+
+        assert link.close_code == 1008
+        assert link.outbound == []
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert llm.requests == []
+    logged = [r.getMessage() for r in caplog.records]
+    assert sum("stream closed" in m and "before start" in m for m in logged) == 1
+
+
 def test_malformed_and_unexpected_frames_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="aicallerd")
-    sid = "MZ" + "1" * 32
-    before_start = [
-        "garbage",
-        _media(0, b"\xff" * 160),
-        media.mark_event(2, sid, "early"),
-        media.dtmf_event(3, sid, "1"),
-    ]
+    sid = SID
 
     async def caller(h: CallHarness) -> None:
         await trio.sleep(0.2)
@@ -504,7 +542,7 @@ def test_malformed_and_unexpected_frames_are_ignored(caplog: pytest.LogCaptureFi
         await h.say("w1", "w2", "w3")
         await settle(h)
 
-    h = run_call(caller, pre_start=before_start)
+    h = run_call(caller)
 
     assert labels(h.segments()) == [("I heard w1 w2 w3.", True)]
     assert [t.text for t in h.sink.caller_turns] == ["w1 w2 w3"]
@@ -513,8 +551,6 @@ def test_malformed_and_unexpected_frames_are_ignored(caplog: pytest.LogCaptureFi
     assert h.session.end_reason == "hangup"
     # Each oddity left one line in the log for the operator.
     logged = [r.getMessage() for r in caplog.records]
-    assert sum("malformed frame before start" in m for m in logged) == 1
-    assert sum("before start ignored" in m for m in logged) == 3  # media, mark, dtmf
     assert sum("ignoring malformed frame:" in m for m in logged) == 6
     assert "dtmf 5" in logged
     assert "ignoring connected after start" in logged

@@ -1,14 +1,14 @@
 """VADs on real synthetic speech (espeak-ng, else Piper) and on things that are not speech."""
 
 import os
-import time
 
 import numpy as np
 import pytest
 from speech import espeak_available, speak
 
+from aicallerd.audio.resample import rms
 from aicallerd.endpointer import ChunkReady, Endpointer, EndpointerSettings, PhraseEnd
-from aicallerd.vad import RmsVad, SileroVad, Upsampler2x, frame_rms, load_session
+from aicallerd.vad import RmsVad, SileroVad, Upsampler2x, load_session, probabilities
 
 SR = 8000
 FRAME = 160
@@ -31,6 +31,23 @@ def probs(x: np.ndarray, n: int = FRAME, vad: SileroVad | None = None) -> np.nda
     return np.array([vad.probability(f) for f in frames(x, n)])
 
 
+class RecordingSession:
+    """The real onnxruntime session, recording each window's speech probability."""
+
+    def __init__(self) -> None:
+        self.inner = load_session()
+        self.outputs: list[float] = []
+
+    @property
+    def runs(self) -> int:
+        return len(self.outputs)
+
+    def run(self, *args: object) -> list[np.ndarray]:
+        out = self.inner.run(*args)
+        self.outputs.append(float(np.asarray(out[0]).reshape(-1)[-1]))
+        return out
+
+
 def padded(x: np.ndarray, before: float = 0.5, after: float = 0.5) -> np.ndarray:
     z = np.zeros
     return np.concatenate([z(round(before * SR), np.int16), x, z(round(after * SR), np.int16)])
@@ -50,7 +67,7 @@ def test_model_is_the_16k_v6_window_model() -> None:
 def test_speech_gets_high_probability_during_words(engine: str) -> None:
     x = padded(speak(SENTENCE, engine=engine))
     p = probs(x)
-    loud = np.array([frame_rms(f) for f in frames(x)]) > 500  # frames inside words
+    loud = np.array([rms(f) for f in frames(x)]) > 500  # frames inside words
     assert loud.sum() > 50
     assert p[loud].mean() > 0.75
     assert (p[loud] >= 0.5).mean() > 0.85
@@ -74,16 +91,14 @@ def test_non_speech_gets_low_probability(name: str, signal: np.ndarray) -> None:
 
 @pytest.mark.parametrize("n", [80, 333])
 def test_any_frame_length_tracks_the_same_windows(n: int) -> None:
+    """The model sees the same 32 ms windows whatever the frame size Twilio sends."""
     x = padded(speak(SENTENCE))
-    ref = probs(x, FRAME)
-    got = probs(x, n)
-    # same 32 ms windows underneath: compare on a common 10 ms-ish time grid
-    t_ref = (np.arange(len(ref)) + 1) * FRAME
-    t_got = (np.arange(len(got)) + 1) * n
-    common = np.arange(FRAME * 4, len(x) - FRAME, 80)
-    a = ref[np.searchsorted(t_ref, common)]
-    b = got[np.searchsorted(t_got, common)]
-    assert np.mean(np.abs(a - b) < 0.05) > 0.85
+    by_frame, by_n = RecordingSession(), RecordingSession()
+    probs(x, FRAME, vad=SileroVad(session=by_frame))
+    probs(x, n, vad=SileroVad(session=by_n))
+    k = min(len(by_frame.outputs), len(by_n.outputs))
+    assert k >= len(x) * 2 // 512 - 1
+    np.testing.assert_allclose(by_frame.outputs[:k], by_n.outputs[:k], atol=1e-4)
 
 
 def test_probability_holds_while_a_window_fills_and_reset_restarts() -> None:
@@ -114,21 +129,34 @@ def test_mulaw_round_trip_still_speech() -> None:
     x = padded(speak(SENTENCE))
     y = mulaw.ulaw_decode(mulaw.ulaw_encode(x))
     p = probs(y)
-    loud = np.array([frame_rms(f) for f in frames(y)]) > 500
+    loud = np.array([rms(f) for f in frames(y)]) > 500
     assert (p[loud] >= 0.5).mean() > 0.85
 
 
-def test_cost_per_frame_is_small() -> None:
-    x = padded(speak(SENTENCE))
-    vad = SileroVad()
-    fs = frames(x)[:-1]
-    probs(x[: 10 * FRAME], vad=vad)  # warm up
-    start = time.perf_counter()
-    for f in fs:
-        vad.probability(f)
-    per_frame = (time.perf_counter() - start) / len(fs)
-    print(f"SileroVad: {per_frame * 1e6:.0f} us per 20 ms frame")
-    assert per_frame < 0.005  # measured ~140 us on a 2-core box; generous for a loaded CI
+def test_gated_vad_finds_the_same_phrases_and_skips_quiet_frames() -> None:
+    """Frames below the RMS gate cost no inference, yet the endpointer hears the same
+    two phrases: a silent or hissing call is nearly free."""
+    a, b = speak("Hello there."), speak("I would like to book a table for tonight.")
+    x = padded(np.concatenate([a, np.zeros(round(1.2 * SR), np.int16), b]), after=1.0)
+    noise = np.random.default_rng(7).normal(0, 30, len(x))  # about -60 dBFS line hiss
+    x = np.clip(x + noise, -32768, 32767).astype(np.int16)
+    fs = frames(x)
+    levels = [rms(f) for f in fs]
+    counting = RecordingSession()
+    ps = probabilities(SileroVad(session=counting), fs, levels, 200.0)
+    ep = Endpointer(EndpointerSettings(min_speech_rms_threshold=200.0))
+    events = []
+    for i, (f, p, level) in enumerate(zip(fs, ps, levels, strict=True)):
+        events += ep.feed(f, p, i * FRAME / SR, level)
+    assert [e.phrase_id for e in events if isinstance(e, PhraseEnd)] == [1, 2]
+    loud = sum(level >= 200.0 for level in levels)
+    assert counting.runs <= loud  # one 32 ms window per 20 ms frame at most, loud ones only
+    assert counting.runs < 0.8 * len(fs) * 20 / 32
+
+    silent = SileroVad(session=(counting := RecordingSession()))
+    zeros = [np.zeros(FRAME, np.int16)] * 250  # 5 s of digital silence
+    assert probabilities(silent, zeros, [0.0] * 250, 200.0) == [0.0] * 250
+    assert counting.runs == 0
 
 
 def test_rms_vad() -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -62,30 +63,34 @@ class PlaybackClock:
         self.buffer_end = now
 
 
-@dataclass
+class Transport(Protocol):
+    """The WebSocket as a call sees it (quart's websocket in the daemon, memory in tests)."""
+
+    async def receive(self) -> str | bytes: ...
+    async def send(self, data: str) -> None: ...
+    async def close(self, code: int, reason: str = "") -> None: ...
+
+
 class Player:
-    """Queue of frames and marks for one call, drained by :meth:`run` at real-time pace."""
+    """Frames, marks, ``clear`` and the close for one call, written by :meth:`run` alone.
 
-    send: Callable[[str], Awaitable[None]]
-    lead: float = 0.08
-    stream_sid: str = ""
-    clock: PlaybackClock = field(init=False)
-    _queue: collections.deque[_Audio | _Mark] = field(init=False)
-    _wakeup: trio.Event = field(init=False)
-    _pending_marks: list[str] = field(init=False)
-    _cleared_marks: set[str] = field(init=False)
-    _played_marks: list[str] = field(init=False)
-    _mark_listeners: list[Callable[[str], None]] = field(init=False)
-    frames_sent: int = 0
+    Producers only queue (all methods but :meth:`run` are synchronous): a ``clear`` is sent
+    ahead of anything queued, the close after it, so nothing reaches the socket out of order
+    and no two tasks ever write to it at once.
+    """
 
-    def __post_init__(self) -> None:
-        self.clock = PlaybackClock(lead=self.lead)
-        self._queue = collections.deque()
+    def __init__(self, transport: Transport, *, lead: float = 0.08, stream_sid: str = "") -> None:
+        self.transport = transport
+        self.stream_sid = stream_sid
+        self.clock = PlaybackClock(lead=lead)
+        self._queue: collections.deque[_Audio | _Mark] = collections.deque()
         self._wakeup = trio.Event()
-        self._pending_marks = []
-        self._cleared_marks = set()
-        self._played_marks = []
-        self._mark_listeners = []
+        self._clear_due = False
+        self._close: tuple[int, str] | None = None
+        self._pending_marks: list[str] = []
+        self._cleared_marks: set[str] = set()
+        self._played_marks: set[str] = set()
+        self._mark_listeners: list[Callable[[str], None]] = []
 
     # -- producer side ------------------------------------------------------------------
     def enqueue_audio(self, ulaw: bytes, on_sent: Callable[[float], None] | None = None) -> None:
@@ -94,16 +99,20 @@ class Player:
         ``on_sent(t)`` is called with the send time of this audio's first frame, which is
         how a turn learns its voice-to-voice latency.
         """
+        if self._close is not None:
+            return
         for i in range(0, len(ulaw), FRAME_BYTES):
             self._queue.append(_Audio(ulaw[i : i + FRAME_BYTES], on_sent if i == 0 else None))
         self._wakeup.set()
 
     def enqueue_mark(self, name: str) -> None:
+        if self._close is not None:
+            return
         self._queue.append(_Mark(name))
         self._wakeup.set()
 
-    async def clear(self) -> list[str]:
-        """Drop everything not yet played, tell Twilio to do the same.
+    def clear(self) -> list[str]:
+        """Drop everything not yet played; the sender tells Twilio to do the same, first.
 
         Returns the marks that were still outstanding: Twilio echoes them right after a
         ``clear`` but their audio was never heard, so they must not count as played.
@@ -114,11 +123,18 @@ class Player:
         self._cleared_marks.update(self._pending_marks)
         self._pending_marks.clear()
         self.clock.reset(trio.current_time())
-        await self.send(media.clear_message(self.stream_sid))
+        self._clear_due = True
+        self._wakeup.set()
         for name in dropped:  # finished, though unheard: nobody should wait for them
             for listener in list(self._mark_listeners):
                 listener(name)
         return dropped
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the stream once what is queued before now has been written."""
+        if self._close is None:
+            self._close = (code, reason)
+            self._wakeup.set()
 
     # -- Twilio side --------------------------------------------------------------------
     def on_mark(self, name: str) -> bool:
@@ -128,7 +144,11 @@ class Player:
             return False
         if name in self._pending_marks:
             self._pending_marks.remove(name)
-        self._played_marks.append(name)
+        if not self._pending_marks and not self._queue:
+            # Every sent frame is followed by a mark, so Twilio's buffer is empty now,
+            # whatever our estimate of its playout says.
+            self.clock.reset(trio.current_time())
+        self._played_marks.add(name)
         for listener in list(self._mark_listeners):
             listener(name)
         return True
@@ -155,27 +175,37 @@ class Player:
 
     # -- the sender task ----------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send queued frames against absolute deadlines; the only writer of the socket."""
+        """The only writer of the socket: clear first, then frames against absolute
+        deadlines and marks in order; returns once the stream is closed."""
+        send = self.transport.send
         task_status.started()
         while True:
+            self._wakeup = trio.Event()
+            if self._clear_due:
+                self._clear_due = False
+                await send(media.clear_message(self.stream_sid))
+                continue
             if not self._queue:
-                self._wakeup = trio.Event()
+                if self._close is not None:
+                    await self.transport.close(*self._close)
+                    return
                 await self._wakeup.wait()
                 continue
             item = self._queue[0]
             if isinstance(item, _Mark):
                 self._queue.popleft()
                 self._pending_marks.append(item.name)
-                await self.send(media.mark_message(self.stream_sid, item.name))
+                await send(media.mark_message(self.stream_sid, item.name))
                 continue
-            await trio.sleep_until(self.clock.send_at(trio.current_time()))
-            if not self._queue or self._queue[0] is not item:
-                continue  # cleared while we waited
-            self._queue.popleft()
             now = trio.current_time()
-            await self.send(media.media_message(self.stream_sid, item.payload))
+            due = self.clock.send_at(now)
+            if due > now:
+                with trio.move_on_at(due):
+                    await self._wakeup.wait()  # a clear or close may not wait for pacing
+                continue
+            self._queue.popleft()
+            await send(media.media_message(self.stream_sid, item.payload))
             self.clock.sent(now, len(item.payload) / 8000)
-            self.frames_sent += 1
             if item.on_sent is not None:
                 item.on_sent(now)
 
@@ -192,20 +222,32 @@ class Gate:
         self._player = player
         self._held: list[tuple[bytes, Callable[[float], None] | None] | str] = []
         self.is_open = is_open
+        self.is_shut = False
 
     def enqueue_audio(self, ulaw: bytes, on_sent: Callable[[float], None] | None = None) -> None:
+        if self.is_shut:
+            return
         if self.is_open:
             self._player.enqueue_audio(ulaw, on_sent)
         else:
             self._held.append((ulaw, on_sent))
 
     def enqueue_mark(self, name: str) -> None:
+        if self.is_shut:
+            return
         if self.is_open:
             self._player.enqueue_mark(name)
         else:
             self._held.append(name)
 
+    def shut(self) -> None:
+        """The turn was cancelled: nothing it still makes may reach the caller."""
+        self.is_shut = True
+        self._held.clear()
+
     def open(self) -> None:
+        if self.is_shut:
+            return
         self.is_open = True
         for item in self._held:
             if isinstance(item, str):

@@ -8,22 +8,22 @@ frames at once (what the caller heard is then read from the marks).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import numpy as np
 import trio
 
 from aicallerd.audio.mulaw import ulaw_decode
+from aicallerd.call.conversation import Spoken
 from aicallerd.call.metrics import TurnLegs
 from aicallerd.call.player import Gate, Player
-from aicallerd.engines.llm import ChatClient, LLMError
+from aicallerd.call.settings import ReplySettings
+from aicallerd.engines.llm import ChatClient
 from aicallerd.engines.tts import Synthesizer
 from aicallerd.text.guardrail import ReplyFilter
 from aicallerd.text.sentences import SentenceSplitter
-
-log = logging.getLogger("aicallerd.call")
 
 
 def trim_leading_silence(ulaw: bytes, threshold: int = 200, keep: int = 80) -> bytes:
@@ -34,29 +34,19 @@ def trim_leading_silence(ulaw: bytes, threshold: int = 200, keep: int = 80) -> b
     return ulaw[max(0, int(loud[0]) - keep) :]
 
 
-@dataclass(frozen=True)
-class Spoken:
-    """One sentence as queued: its text, its audio and the mark that follows it."""
-
-    mark: str
-    text: str
-    audio: bytes
-
-
 @dataclass
 class Reply:
     """What was queued for the caller, sentence by sentence, with the mark after each."""
 
     mark_prefix: str
     sentences: list[Spoken] = field(default_factory=list)
-    error: str | None = None
 
     def played_text(self, player: Player) -> str:
         """The sentences whose closing mark came back: what the caller actually heard."""
         return " ".join(s.text for s in self.sentences if player.played(s.mark))
 
-    def unplayed(self, player: Player) -> list[Spoken]:
-        return [s for s in self.sentences if not player.played(s.mark)]
+    def unplayed(self, player: Player) -> tuple[Spoken, ...]:
+        return tuple(s for s in self.sentences if not player.played(s.mark))
 
     @property
     def text(self) -> str:
@@ -71,14 +61,6 @@ class Reply:
         return self.sentences[-1].mark if self.sentences else None
 
 
-@dataclass(frozen=True)
-class ReplySettings:
-    max_tokens: int
-    temperature: float
-    max_sentences: int = 3
-    clause_chars: int = 40  # a first clause this long is spoken before its sentence ends
-
-
 async def _generate(
     llm: ChatClient,
     messages: Sequence[dict[str, str]],
@@ -89,22 +71,21 @@ async def _generate(
     out: trio.MemorySendChannel[str],
 ) -> None:
     splitter = SentenceSplitter(first_clause_chars=12, long_clause_chars=settings.clause_chars)
-    async with out:
-        try:
-            async for delta in llm.stream_chat(
-                list(messages), max_tokens=settings.max_tokens, temperature=settings.temperature
-            ):
-                if legs.llm_first_token is None:
-                    legs.llm_first_token = trio.current_time() - t0
-                for sentence in splitter.feed(delta):
-                    if not await _offer(sentence, reply_filter, legs, t0, out):
-                        return
-            for sentence in splitter.flush():
+    stream = llm.stream_chat(
+        list(messages), max_tokens=settings.max_tokens, temperature=settings.temperature
+    )
+    # aclosing: a cancelled or finished reply closes the HTTP stream at once, so the server
+    # stops generating instead of spending the CPU the next turn needs.
+    async with out, aclosing(stream):
+        async for delta in stream:
+            if legs.llm_first_token is None:
+                legs.llm_first_token = trio.current_time() - t0
+            for sentence in splitter.feed(delta):
                 if not await _offer(sentence, reply_filter, legs, t0, out):
                     return
-        except LLMError as exc:
-            log.error("llm failed: %s", exc)
-            raise
+        for sentence in splitter.flush():
+            if not await _offer(sentence, reply_filter, legs, t0, out):
+                return
 
 
 async def _offer(
@@ -165,15 +146,12 @@ async def speak_reply(
     """Generate and queue one reply into ``reply``; returns once everything is queued.
 
     ``reply`` is filled in as sentences are queued, so a caller that cancels us midway still
-    knows which marks belong to which text. An LLM failure is recorded in ``Reply.error``
-    (after whatever sentences it produced) for the session to apologise.
+    knows which marks belong to which text. An engine failure propagates (as an exception
+    group) after whatever sentences were already queued.
     """
     reply_filter = ReplyFilter(max_sentences=settings.max_sentences, previous_reply=previous_reply)
     send, receive = trio.open_memory_channel[str](8)
     t0 = trio.current_time()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_generate, llm, messages, settings, reply_filter, legs, t0, send)
-            nursery.start_soon(_synthesize, tts, player, reply, legs, on_first_frame, receive)
-    except* LLMError as group:
-        reply.error = str(group.exceptions[0])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_generate, llm, messages, settings, reply_filter, legs, t0, send)
+        nursery.start_soon(_synthesize, tts, player, reply, legs, on_first_frame, receive)

@@ -1,14 +1,55 @@
-"""Freeze what a call needs from the configuration when it starts."""
+"""What a call reads from the configuration, frozen when the call starts (sans-I/O).
+
+A reload swaps the daemon's configuration; a call in progress keeps the settings it
+started with, so nothing changes under a caller's feet.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from aicallerd.call.lines import TIME_LIMIT_LINE
-from aicallerd.call.reply import ReplySettings
-from aicallerd.call.session import CallSettings, seconds_or_inf
 from aicallerd.config import Config
 from aicallerd.endpointer import EndpointerSettings
+
+
+@dataclass(frozen=True)
+class ReplySettings:
+    max_tokens: int
+    temperature: float
+    max_sentences: int = 3
+    clause_chars: int = 40  # a first clause this long is spoken before its sentence ends
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    endpointer: EndpointerSettings
+    reply: ReplySettings
+    system_prompt: str
+    greeting: str
+    goodbye: str
+    time_limit_line: str
+    history_turns: int
+    max_silence_seconds: float
+    max_call_seconds: float
+    barge_in: bool
+    barge_in_min_speech_seconds: float
+    barge_in_min_words: int
+    barge_in_ignore_backchannels: bool
+    speculative: bool
+    store_audio_dir: Path | None
+    handshake_timeout: float = 10.0
+    player_lead: float = 0.08
+    first_audio_seconds: float = 4.0  # end of turn -> first reply audio, else the apology
+    reply_seconds: float = 20.0  # end of turn -> whole reply generated and queued
+    transcribe_seconds: float = 5.0  # one transcription, else it counts as unheard
+
+
+def seconds_or_inf(value: float) -> float:
+    """0 in the config means 'no limit'."""
+    return math.inf if value <= 0 else value
 
 
 def call_settings(cfg: Config) -> CallSettings:
@@ -23,10 +64,7 @@ def call_settings(cfg: Config) -> CallSettings:
             max_chunk_seconds=turn.max_chunk_seconds,
             lead_in_seconds=turn.lead_in_seconds,
         ),
-        reply=ReplySettings(
-            max_tokens=cfg.llm.max_tokens,
-            temperature=cfg.llm.temperature,
-        ),
+        reply=ReplySettings(max_tokens=cfg.llm.max_tokens, temperature=cfg.llm.temperature),
         system_prompt=cfg.llm.system_prompt,
         greeting=cfg.call.greeting,
         goodbye=cfg.call.goodbye,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from aicallerd.audio.resample import pcm16_to_float, resample
+from aicallerd.audio.resample import pcm16_to_float, resample, rms
 from aicallerd.engines import bundled
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,6 @@ def _default_threads() -> int:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
     return max(1, min(4, cores))
-
-
-def _rms(pcm: np.ndarray) -> float:
-    if pcm.size == 0:
-        return 0.0
-    return float(np.sqrt(np.mean(np.square(pcm.astype(np.float64)))))
 
 
 def _normalise(text: str) -> str:
@@ -206,7 +200,7 @@ class Transcriber:
             max_new_tokens=int(24 + 10 * seconds),
         )
         text = " ".join(seg.text.strip() for seg in segments)
-        return clean_transcript(text, _rms(pcm8))
+        return clean_transcript(text, rms(pcm8))
 
     async def transcribe(self, pcm8: np.ndarray) -> str:
         """Transcribe in a worker thread; a cancelled caller does not wait for Whisper."""

@@ -1,0 +1,608 @@
+"""The conversation core: who holds the floor and what happens next (sans-I/O).
+
+One object per call, in the h11 habit: no trio, no sockets, no threads, no clock of its own.
+It is fed what happened (a frame's speech probability at audio time ``t``, a transcript that
+came back, a reply that finished, a fixed line that was played, a key press, a timer tick)
+and returns the actions the call must carry out (transcribe this audio, start a speculative
+reply, commit it, cancel it, clear the caller's buffer, replay a cut reply, say a fixed
+line, record a turn, close the stream). Every turn-taking decision lives here:
+
+- end of turn: the endpointer's ``PhraseEnd`` (:meth:`Conversation.audio`);
+- speculation: a reply starts at a short ``Pause`` and is committed at ``PhraseEnd`` or
+  discarded unheard on ``Resume``;
+- barge-in: :meth:`Conversation._decide_interruption`, the one place that decides the caller
+  took the floor;
+- backchannels and resume: :meth:`Conversation._no_words`;
+- silence and duration limits: :meth:`Conversation.tick`.
+
+Times named ``now`` are the caller's monotonic clock; ``t`` is audio time (Twilio's media
+timestamps), mapped to ``now`` by the arrival time of the latest frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aicallerd.call.settings import CallSettings
+from aicallerd.endpointer import (
+    SAMPLE_RATE,
+    ChunkReady,
+    Endpointer,
+    Event,
+    Pause,
+    PhraseEnd,
+    Resume,
+    SpeechStart,
+)
+from aicallerd.text.backchannel import is_backchannel, words
+from aicallerd.text.guardrail import TURN_GUARDRAIL
+
+RESUME_WINDOW_SECONDS = 10.0  # a cut reply is picked up again only this soon after the cut
+WORD_CHECK_FRAMES = 15  # re-check an interruption's words after ~0.3 s more audio
+_EPS = 1e-6  # speech time is summed frame by frame: allow for float error at thresholds
+
+
+# -- what the core reads back from a reply -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spoken:
+    """One sentence as queued: its text, its audio and the mark that follows it."""
+
+    mark: str
+    text: str
+    audio: bytes
+
+
+@dataclass(frozen=True)
+class ReplyOutcome:
+    """How a reply ended, as the caller's side saw it."""
+
+    text: str  # everything that was queued
+    heard: str  # the sentences whose closing mark came back
+    unplayed: tuple[Spoken, ...]  # queued but not heard, for a resume
+    audio_started: bool  # at least one frame of it was sent
+
+
+# -- actions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Transcribe:
+    job: int
+    pcm: np.ndarray
+
+
+@dataclass(frozen=True)
+class StartReply:
+    turn: int
+    messages: tuple[dict[str, str], ...]
+    speculative: bool
+
+
+@dataclass(frozen=True)
+class CommitReply:
+    """The pause became the end of the turn: the reply may be heard."""
+
+    turn: int
+    speech_end: float
+    decided: float
+
+
+@dataclass(frozen=True)
+class CancelReply:
+    turn: int
+    reason: str  # "discarded" (the caller went on) | "barge-in" | "hang-up"
+
+
+@dataclass(frozen=True)
+class Clear:
+    """Drop every frame not yet played, here and in Twilio's buffer."""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Speak the unheard rest of turn ``of_turn`` as turn ``turn``'s reply."""
+
+    turn: int
+    sentences: tuple[Spoken, ...]
+    of_turn: int
+
+
+@dataclass(frozen=True)
+class SayLine:
+    tag: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """A finished exchange for the call log: the caller's words and what they heard."""
+
+    turn: int
+    caller_text: str
+    agent_text: str
+    interrupted: bool
+    caller_started: float
+
+
+@dataclass(frozen=True)
+class Close:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something an operator reading the log should know; no effect on the call."""
+
+    message: str
+
+
+Action = (
+    Transcribe | StartReply | CommitReply | CancelReply | Clear | Replay | SayLine | Record | Close
+) | Note
+
+
+# -- state --------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Phrase:
+    """One caller utterance; chunk transcripts come back out of band, in any order."""
+
+    id: int
+    started: float
+    texts: dict[int, str] = field(default_factory=dict)
+    pending: set[int] = field(default_factory=set)  # transcription jobs still out
+    chunks_seen: int = 0
+    provisional: int | None = None  # the chunk index held back at a Pause, transcribed early
+    provisional_job: int | None = None
+    provisional_text: str | None = None
+    speech_seconds: float = 0.0
+    audio: list[np.ndarray] = field(default_factory=list)  # kept only for word checks
+    check_job: int | None = None
+    checked_frames: int = 0
+    cut_line: bool = False  # already stopped a fixed line
+    answered: bool = False  # a turn was made of it
+    ended: bool = False
+    speech_end: float = 0.0
+    decided: float = 0.0
+
+    def text(self) -> str:
+        texts = dict(self.texts)
+        if self.provisional is not None and self.provisional_text is not None:
+            texts.setdefault(self.provisional, self.provisional_text)
+        return " ".join(t for _, t in sorted(texts.items()) if t).strip()
+
+
+@dataclass(eq=False)
+class _Turn:
+    """The agent's answer to one phrase."""
+
+    number: int
+    phrase: _Phrase
+    speculative: bool
+    caller_text: str = ""
+    started: bool = False  # StartReply (or Replay) was emitted
+    committed: bool = False
+    interrupted: bool = False
+    replay: bool = False
+
+
+@dataclass
+class _Job:
+    phrase: _Phrase
+    kind: str  # "chunk" | "provisional" | "check" | "stale"
+    index: int = 0
+
+
+class Conversation:
+    """Turn-taking for one call. Feed it events in order; carry out what it returns."""
+
+    def __init__(self, settings: CallSettings, *, prompt: str | None = None) -> None:
+        self.settings = settings
+        self.endpointer = Endpointer(settings.endpointer)
+        system = settings.system_prompt if not prompt else f"{settings.system_prompt}\n{prompt}"
+        self.history: list[dict[str, str]] = [{"role": "system", "content": system}]
+        self.speculations = {"started": 0, "committed": 0, "discarded": 0}
+        self.closing = False
+        self.end_reason = "hangup"
+        self._now = 0.0
+        self._started = 0.0
+        self._last_activity = 0.0
+        self._speaking = False
+        self._offset = 0.0  # monotonic - audio time, from the latest frame
+        self._turn_count = 0
+        self._jobs: dict[int, _Job] = {}
+        self._next_job = 0
+        self._phrase: _Phrase | None = None
+        self._turn: _Turn | None = None  # holds, or is about to take, the floor
+        self._turns: dict[int, _Turn] = {}  # started and not yet finished
+        self._line: str | None = None  # the fixed line being spoken
+        self._cut: tuple[_Turn, float, tuple[Spoken, ...]] | None = None  # last barge-in
+        self._carry = ""  # words of a caller who talked on before hearing the reply
+
+    def add_prompt(self, prompt: str) -> None:
+        """Per-call instructions (an outbound call's contact), appended to the system prompt."""
+        self.history[0]["content"] += "\n" + prompt
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def begin(self, now: float, greeting: str) -> list[Action]:
+        """The call is connected: greet, or wait for the caller to speak first."""
+        self._now = self._started = self._last_activity = now
+        return self._say("greeting", greeting) if greeting else []
+
+    def audio(
+        self,
+        pcm: np.ndarray,
+        prob: float,
+        t: float,
+        arrived: float,
+        speaking: bool,
+        level: float | None = None,
+    ) -> list[Action]:
+        """One caller frame at audio time ``t`` with its speech probability (and RMS level).
+
+        ``arrived`` is when it reached us; ``speaking`` whether our audio is playing.
+        """
+        out: list[Action] = []
+        frame_end = t + len(pcm) / SAMPLE_RATE
+        self._now, self._speaking = arrived, speaking
+        self._offset = arrived - frame_end
+        for event in self.endpointer.feed(pcm, prob, t, level):
+            self._on_endpoint(event, frame_end, out)
+        phrase = self._phrase
+        if phrase is not None and self.endpointer.in_phrase:
+            if self.settings.barge_in_min_words > 0:
+                phrase.audio.append(pcm)
+            if self.endpointer.speaking:
+                phrase.speech_seconds += len(pcm) / SAMPLE_RATE
+                self._last_activity = arrived
+                self._decide_interruption(phrase, out)
+        return out
+
+    def transcribed(self, job: int, text: str, now: float) -> list[Action]:
+        """A transcription came back ("" when it failed or heard nothing)."""
+        out: list[Action] = []
+        self._now = now
+        found = self._jobs.pop(job, None)
+        if found is None:
+            return out
+        phrase = found.phrase
+        phrase.pending.discard(job)
+        if found.kind == "check":
+            phrase.check_job = None
+            if self._phrase is phrase:
+                self._decide_interruption(phrase, out, heard=text)
+            return out
+        if found.kind == "chunk":
+            phrase.texts[found.index] = text
+        elif found.kind == "provisional":
+            phrase.provisional_text = text
+        if found.kind != "stale" and not phrase.pending:
+            self._text_ready(phrase, out)
+        return out
+
+    def reply_done(self, turn_number: int, outcome: ReplyOutcome, now: float) -> list[Action]:
+        """A reply (or replay) is over: played out, cut, cancelled or failed."""
+        out: list[Action] = []
+        self._now = now
+        turn = self._turns.pop(turn_number, None)
+        if turn is None:
+            return out
+        if self._turn is turn:
+            self._turn = None
+        if not turn.committed:
+            return out  # a discarded speculation: never heard, never stored
+        if turn.interrupted and not outcome.audio_started:
+            self._carry = turn.caller_text  # nothing heard yet: the caller simply talked on
+            out.append(Note(f"turn {turn.number}: caller kept talking, reply dropped"))
+            return out
+        if turn.interrupted:
+            self._cut = (turn, now, outcome.unplayed)
+        spoken = outcome.heard if turn.interrupted or self.closing else outcome.text
+        interrupted = turn.interrupted or spoken != outcome.text
+        self.history.append({"role": "user", "content": turn.caller_text})
+        self.history.append({"role": "assistant", "content": spoken or "..."})
+        out.append(Record(turn.number, turn.caller_text, spoken, interrupted, turn.phrase.started))
+        self._last_activity = now
+        return out
+
+    def line_done(self, tag: str, now: float) -> list[Action]:
+        """A fixed line was played out, or cut short."""
+        self._now = self._last_activity = now
+        if self._line != tag:
+            return []
+        self._line = None
+        return [Close(self.end_reason)] if self.closing else []
+
+    def dtmf(self, digit: str, now: float) -> list[Action]:
+        self._now = self._last_activity = now
+        return [Note(f"dtmf {digit}")]
+
+    def tick(self, now: float, speaking: bool) -> list[Action]:
+        """The silence and duration limits; call at :meth:`next_tick` or sooner."""
+        self._now, self._speaking = now, speaking
+        if self._busy():
+            self._last_activity = now
+        if self.closing:
+            return []
+        s = self.settings
+        if now - self._started >= s.max_call_seconds:
+            return self.hang_up(s.time_limit_line, "max_duration", tag="time_limit")
+        if now - self._last_activity >= s.max_silence_seconds:
+            return self.hang_up(s.goodbye, "silence", tag="goodbye")
+        return []
+
+    def next_tick(self) -> float:
+        """When :meth:`tick` next has something to decide."""
+        s = self.settings
+        deadline = min(
+            self._last_activity + s.max_silence_seconds, self._started + s.max_call_seconds
+        )
+        return min(deadline, self._now + 0.5) if self._busy() else deadline
+
+    def hang_up(self, line: str, reason: str, *, tag: str = "bye") -> list[Action]:
+        """End the call: stop the reply, say ``line`` (if any), close the stream."""
+        if self.closing:
+            return []
+        self.closing = True
+        self.end_reason = reason
+        out: list[Action] = [Note(f"hanging up: {reason}")]
+        turn = self._turn
+        if turn is not None and turn.started:
+            out.append(CancelReply(turn.number, "hang-up"))
+        self._turn = None
+        if self._speaking or self._line is not None:
+            out.append(Clear())
+        if line:
+            out += self._say(tag, line)
+        else:
+            out.append(Close(reason))
+        return out
+
+    def stream_ended(self, now: float) -> None:
+        """The caller hung up: a reply still in flight is recorded as far as it was heard."""
+        self._now = now
+        self.closing = True
+
+    # -- listening ------------------------------------------------------------------------------
+
+    def _mono(self, t: float) -> float:
+        return t + self._offset
+
+    def _on_endpoint(self, ev: Event, frame_end: float, out: list[Action]) -> None:
+        if isinstance(ev, SpeechStart):
+            self._phrase = _Phrase(ev.phrase_id, started=self._mono(ev.t))
+            return
+        phrase = self._phrase
+        if phrase is None or phrase.id != ev.phrase_id:
+            return
+        if isinstance(ev, ChunkReady):
+            phrase.chunks_seen += 1
+            if phrase.provisional == ev.index and phrase.provisional_job is not None:
+                # Transcribed already for the speculation, from the same audio: adopt it.
+                job = self._jobs.get(phrase.provisional_job)
+                if job is not None:
+                    job.kind, job.index = "chunk", ev.index
+                else:
+                    phrase.texts[ev.index] = phrase.provisional_text or ""
+                phrase.provisional = phrase.provisional_job = phrase.provisional_text = None
+                return
+            self._transcribe(phrase, "chunk", ev.pcm8, out, index=ev.index)
+        elif isinstance(ev, Pause):
+            if self.settings.speculative and self._turn is None and not self.closing:
+                if ev.pending_pcm8 is not None:
+                    phrase.provisional = phrase.chunks_seen
+                    phrase.provisional_text = None
+                    phrase.provisional_job = self._transcribe(
+                        phrase, "provisional", ev.pending_pcm8, out
+                    )
+                self.speculations["started"] += 1
+                self._turn = self._new_turn(phrase, speculative=True)
+                if not phrase.pending:
+                    self._text_ready(phrase, out)
+        elif isinstance(ev, Resume):
+            self._drop_provisional(phrase)
+            turn = self._turn
+            if turn is not None and turn.phrase is phrase and not turn.committed:
+                if turn.started:
+                    out.append(CancelReply(turn.number, "discarded"))
+                self._turns.pop(turn.number, None)
+                self._turn = None
+                phrase.answered = False
+                self.speculations["discarded"] += 1
+        elif isinstance(ev, PhraseEnd):
+            self._phrase = None
+            phrase.ended = True
+            phrase.speech_end = self._mono(ev.speech_end_t)
+            phrase.decided = self._mono(frame_end)
+            turn = self._turn
+            if turn is not None and turn.phrase is phrase:
+                self.speculations["committed"] += 1
+                self._commit(turn, out)
+            elif turn is None and not self.closing:
+                self._turn = self._new_turn(phrase, speculative=False)
+                self._commit(self._turn, out)
+            elif not phrase.pending:
+                self._decide_interruption(phrase, out, heard=phrase.text())
+            # else: a short phrase under the agent's turn; its words decide (_text_ready)
+
+    def _transcribe(
+        self, phrase: _Phrase, kind: str, pcm: np.ndarray, out: list[Action], index: int = 0
+    ) -> int:
+        job = self._next_job
+        self._next_job += 1
+        self._jobs[job] = _Job(phrase, kind, index)
+        if kind != "check":
+            phrase.pending.add(job)
+        out.append(Transcribe(job, pcm))
+        return job
+
+    def _drop_provisional(self, phrase: _Phrase) -> None:
+        """The caller went on: the held-back chunk will grow, its early transcript is stale."""
+        if phrase.provisional_job is not None:
+            job = self._jobs.get(phrase.provisional_job)
+            if job is not None:
+                job.kind = "stale"
+                phrase.pending.discard(phrase.provisional_job)
+        phrase.provisional = phrase.provisional_job = phrase.provisional_text = None
+
+    def _text_ready(self, phrase: _Phrase, out: list[Action]) -> None:
+        """Every transcription of ``phrase`` so far is in."""
+        turn = self._turn
+        if turn is not None and turn.phrase is phrase:
+            self._start(turn, out)
+        elif phrase.ended and not phrase.answered:
+            self._decide_interruption(phrase, out, heard=phrase.text())
+
+    # -- speaking -------------------------------------------------------------------------------
+
+    def _new_turn(self, phrase: _Phrase, *, speculative: bool) -> _Turn:
+        self._turn_count += 1
+        phrase.answered = True
+        return _Turn(self._turn_count, phrase, speculative)
+
+    def _start(self, turn: _Turn, out: list[Action]) -> None:
+        """Start the reply once the words are in; nothing to answer is a backchannel."""
+        if turn.started or turn.phrase.pending:
+            return
+        turn.caller_text = " ".join(p for p in (self._carry, turn.phrase.text()) if p)
+        if not turn.caller_text or (
+            self._cut is not None
+            and self.settings.barge_in_ignore_backchannels
+            and is_backchannel(turn.caller_text)
+        ):
+            if turn.committed:
+                self._no_words(turn, out)
+            return
+        turn.started = True
+        self._turns[turn.number] = turn
+        out.append(StartReply(turn.number, self._messages(turn.caller_text), turn.speculative))
+        if turn.committed:
+            self._emit_commit(turn, out)
+
+    def _commit(self, turn: _Turn, out: list[Action]) -> None:
+        turn.committed = True
+        if turn.started:
+            self._emit_commit(turn, out)
+        elif not turn.phrase.pending:
+            self._start(turn, out)
+
+    def _emit_commit(self, turn: _Turn, out: list[Action]) -> None:
+        out.append(CommitReply(turn.number, turn.phrase.speech_end, turn.phrase.decided))
+        if not turn.replay:
+            self._carry = ""
+            self._cut = None
+
+    def _no_words(self, turn: _Turn, out: list[Action]) -> None:
+        """No words, or only "mm-hm": after a false barge-in, pick the cut reply up again at
+        the sentence that was cut instead of leaving the caller in silence."""
+        if self._turn is turn:
+            self._turn = None
+        cut, self._cut = self._cut, None
+        if (
+            cut is not None
+            and self.settings.barge_in_ignore_backchannels
+            and self._now - cut[1] <= RESUME_WINDOW_SECONDS
+            and cut[2]
+        ):
+            out.append(
+                Note(
+                    f"turn {turn.number}: {turn.caller_text!r} is not an interruption, "
+                    f"resuming turn {cut[0].number}"
+                )
+            )
+            turn.started = turn.replay = True
+            self._turns[turn.number] = turn
+            self._turn = turn
+            out.append(Replay(turn.number, cut[2], cut[0].number))
+            self._emit_commit(turn, out)
+            return
+        out.append(Note(f"turn {turn.number}: no words heard, not replying"))
+
+    def _say(self, tag: str, text: str) -> list[Action]:
+        self._line = tag
+        return [SayLine(tag, text)]
+
+    def _messages(self, caller_text: str) -> tuple[dict[str, str], ...]:
+        turns = self.settings.history_turns
+        window = self.history[1:][-2 * turns :] if turns else []
+        user = {"role": "user", "content": f"{caller_text}\n{TURN_GUARDRAIL}"}
+        return (dict(self.history[0]), *(dict(m) for m in window), user)
+
+    # -- interruptions --------------------------------------------------------------------------
+
+    def _decide_interruption(
+        self, phrase: _Phrase, out: list[Action], heard: str | None = None
+    ) -> None:
+        """The one place that decides whether the caller took the floor.
+
+        Called on each speech frame of ``phrase``, when a word check comes back (``heard``),
+        and once the words of a short phrase that ended under the agent's turn are in.
+        """
+        s = self.settings
+        turn = self._turn
+        if self.closing:
+            return
+        if turn is None or turn.phrase is phrase:
+            # Only a fixed line (the greeting) can be talked over without a turn.
+            if (
+                self._line is not None
+                and s.barge_in
+                and self._speaking
+                and not phrase.cut_line
+                and phrase.speech_seconds >= s.barge_in_min_speech_seconds - _EPS
+            ):
+                phrase.cut_line = True
+                out.append(Note("caller spoke over a fixed line: stopping it"))
+                out.append(Clear())
+            return
+        if not turn.started or not turn.committed or (not s.barge_in and self._speaking):
+            return
+        if phrase.ended:
+            # Too short to take the floor while speaking: a backchannel, unless it had words.
+            if not heard or is_backchannel(heard):
+                out.append(Note(f"heard {heard!r} while speaking: not an interruption"))
+                return
+            self._interrupt(turn, phrase, out)
+            self._turn = self._new_turn(phrase, speculative=False)
+            self._commit(self._turn, out)
+            return
+        if phrase.speech_seconds < s.barge_in_min_speech_seconds - _EPS:
+            return
+        if s.barge_in_min_words > 0:
+            if heard is None:
+                self._check_words(phrase, out)
+                return
+            if len(words(heard)) < s.barge_in_min_words or (
+                s.barge_in_ignore_backchannels and is_backchannel(heard)
+            ):
+                return  # not yet: checked again once more audio is in
+        self._interrupt(turn, phrase, out)
+
+    def _check_words(self, phrase: _Phrase, out: list[Action]) -> None:
+        """With ``barge_in_min_words``: transcribe what the interrupter said so far."""
+        if phrase.check_job is not None:
+            return
+        if phrase.checked_frames and len(phrase.audio) < phrase.checked_frames + WORD_CHECK_FRAMES:
+            return
+        phrase.checked_frames = len(phrase.audio)
+        phrase.check_job = self._transcribe(phrase, "check", np.concatenate(phrase.audio), out)
+
+    def _interrupt(self, turn: _Turn, phrase: _Phrase, out: list[Action]) -> None:
+        """Barge-in: cancel the turn's one scope and drop what is queued for the caller."""
+        out.append(
+            Note(f"barge-in: caller spoke {phrase.speech_seconds:.2f}s over turn {turn.number}")
+        )
+        turn.interrupted = True
+        out.append(CancelReply(turn.number, "barge-in"))
+        if self._speaking:
+            out.append(Clear())
+        self._turn = None
+
+    def _busy(self) -> bool:
+        return self._turn is not None or self._speaking or self.endpointer.in_phrase
