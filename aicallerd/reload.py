@@ -2,9 +2,10 @@
 
 A reload swaps the configuration new calls start with. Some settings are baked into things
 built once at start: the listening socket, the WebSocket route, the control socket, the
-state directory, and the engines (models loaded, servers started). Those keep their running
-values until a restart, and the reload says which of them changed, so an operator is never
-left wondering why an edit "did nothing".
+state directory, and the engines (models loaded, servers started). Those keys are declared
+with ``restart=True`` in `aicallerd.configschema`; they keep their running values until a
+restart, and the reload says which of them changed, so an operator is never left wondering
+why an edit "did nothing".
 """
 
 from __future__ import annotations
@@ -13,17 +14,14 @@ import dataclasses
 from typing import Any
 
 from aicallerd.config import Config
+from aicallerd.configschema import KEYS, SCHEMA
 
-_ALL = None  # every key of the section
-RESTART_ONLY: dict[str, tuple[str, ...] | None] = {
-    "server": ("listen", "stream_path"),
-    "control": _ALL,
-    "storage": _ALL,
-    "stt": _ALL,
-    "llm": ("backend", "url", "model", "embedded_model", "keep_alive", "timeout_seconds"),
-    "tts": _ALL,
-    "turn": ("vad",),
+RESTART_ONLY: dict[str, tuple[str, ...]] = {
+    section: names
+    for section, keys in KEYS.items()
+    if (names := tuple(name for name, k in keys.items() if k.spec.restart))
 }
+"""Section -> the keys a reload leaves at their running value."""
 
 
 def merge_reloadable(old: Config, new: Config) -> tuple[Config, list[str]]:
@@ -31,9 +29,8 @@ def merge_reloadable(old: Config, new: Config) -> tuple[Config, list[str]]:
     restart (as ``[section] key``; those keep their old values in the returned config)."""
     needs_restart: list[str] = []
     replaced: dict[str, Any] = {}
-    for section, keys in RESTART_ONLY.items():
+    for section, names in RESTART_ONLY.items():
         old_sec, new_sec = getattr(old, section), getattr(new, section)
-        names = keys or tuple(f.name for f in dataclasses.fields(old_sec))
         keep = {}
         for name in names:
             if getattr(old_sec, name) != getattr(new_sec, name):
@@ -46,8 +43,5 @@ def merge_reloadable(old: Config, new: Config) -> tuple[Config, list[str]]:
 
 def secrets_of(cfg: Config) -> list[str]:
     """Every secret in a configuration, for the log filter."""
-    return [
-        s
-        for s in (cfg.twilio.auth_token, cfg.twilio.call_trigger_token, cfg.tts.elevenlabs_api_key)
-        if s
-    ]
+    values = (getattr(getattr(cfg, k.section), k.name) for k in SCHEMA if k.spec.secret)
+    return [s for s in values if s]

@@ -6,10 +6,13 @@ from pathlib import Path
 import pytest
 
 from aicallerd.config import ENV_VARS, Config, ConfigError, Contact, load_config
+from aicallerd.configfile import render_default_config
+from aicallerd.configschema import SCHEMA
 from aicallerd.text.guardrail import SYSTEM_PROMPT
 
 ETC = Path(__file__).resolve().parent.parent / "etc" / "aicaller.conf"
 SID = "AC" + "0123456789abcdef" * 2
+TRIGGER = "trigger-" + "0123456789abcdef" * 2  # 40 characters
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -63,6 +66,7 @@ def test_defaults() -> None:
     assert c.tts.elevenlabs_model == "eleven_flash_v2_5"
     assert c.control.socket == "/run/aicaller/control.sock"
     assert c.storage.state_dir == "/var/lib/aicaller"
+    assert c.storage.retention_days == 90
     assert c.log.level == "info"
     assert dict(c.contacts) == {}
     assert c.source is None
@@ -75,10 +79,21 @@ def test_helpers() -> None:
     assert c.voice_url == "https://aicaller.example.net/voice"
 
 
+def test_etc_file_is_the_rendered_schema() -> None:
+    assert ETC.read_text(encoding="utf-8") == render_default_config(), (
+        "etc/aicaller.conf is generated: python -m aicallerd.configfile > etc/aicaller.conf"
+    )
+
+
 def test_etc_file_is_exactly_the_defaults() -> None:
     from_file = load_config(ETC, {})
     assert from_file == load_config(None, {})
     assert from_file.source == str(ETC)
+    with open(ETC, "rb") as f:
+        doc = tomllib.load(f)
+    assert {k.dotted: doc[k.section][k.name] for k in SCHEMA} == {
+        k.dotted: k.default for k in SCHEMA
+    }
 
 
 def test_etc_file_lists_every_key() -> None:
@@ -117,7 +132,8 @@ ENV_CASES = [
     ("TWILIO_AUTH_TOKEN", "tok", "twilio.auth_token", "tok"),
     ("TWILIO_ACCOUNT_SID", SID, "twilio.account_sid", SID),
     ("TWILIO_FROM_NUMBER", "+15551234567", "twilio.from_number", "+15551234567"),
-    ("CALL_TRIGGER_TOKEN", "trigger", "twilio.call_trigger_token", "trigger"),
+    ("CALL_TRIGGER_TOKEN", TRIGGER, "twilio.call_trigger_token", TRIGGER),
+    ("CALL_TRIGGER_TOKEN", "", "twilio.call_trigger_token", ""),
     ("MAX_SILENCE_SECONDS", "12.5", "call.max_silence_seconds", 12.5),
     ("STORE_ALL_RESPONSE_AUDIO", "yes", "call.store_all_response_audio", True),
     ("MIN_SPEECH_RMS_THRESHOLD", "350", "turn.min_speech_rms_threshold", 350.0),
@@ -138,6 +154,7 @@ ENV_CASES = [
     ("TEMPERATURE", "0", "llm.temperature", 0.0),
     ("ELEVENLABS_API_KEY", "key", "tts.elevenlabs_api_key", "key"),
     ("ELEVENLABS_VOICE_ID", "voice", "tts.elevenlabs_voice_id", "voice"),
+    ("CALL_RETENTION_DAYS", "0", "storage.retention_days", 0),
     ("LOG_LEVEL", "DEBUG", "log.level", "debug"),
 ]
 
@@ -209,6 +226,8 @@ def test_empty_env_is_unset_for_numbers() -> None:
         ("OLLAMA_URL", "ftp://x", "environment OLLAMA_URL: expected an http:// or https:// URL, got 'ftp://x'"),
         ("CHUNK_SILENCE_DURATION_SECONDS", "0.6", "environment CHUNK_SILENCE_DURATION_SECONDS: expected less than [turn] done_speaking_silence_seconds (0.6), got 0.6"),
         ("MINCHUNK_DURATION_SECONDS", "11", "environment MINCHUNK_DURATION_SECONDS: expected at most [turn] max_chunk_seconds (10), got 11.0"),
+        ("CALL_TRIGGER_TOKEN", "x" * 31, "environment CALL_TRIGGER_TOKEN: expected \"\" (trigger off) or a token of at least 32 characters, got '<hidden>'"),
+        ("CALL_RETENTION_DAYS", "-1", "environment CALL_RETENTION_DAYS: expected an integer >= 0, got '-1'"),
     ],
 )  # fmt: skip
 def test_bad_env_value(var: str, raw: str, message: str) -> None:
@@ -306,6 +325,8 @@ BAD_FILES = [
     ('[tts]\nengine = "elevenlabs"\nelevenlabs_api_key = "k"\n', f"{F}: [tts] elevenlabs_voice_id: expected a voice id when [tts] engine = \"elevenlabs\" (or set ELEVENLABS_VOICE_ID), got ''"),
     ('[control]\nsocket = "control.sock"\n', f"{F}: [control] socket: expected \"\" or an absolute path shorter than 108 bytes, got 'control.sock'"),
     ('[storage]\nstate_dir = "state"\n', f"{F}: [storage] state_dir: expected \"\" or an absolute path, got 'state'"),
+    ('[storage]\nretention_days = 1.5\n', f"{F}: [storage] retention_days: expected an integer >= 0, got 1.5"),
+    ('[twilio]\ncall_trigger_token = "short"\n', f"{F}: [twilio] call_trigger_token: expected \"\" (trigger off) or a token of at least 32 characters, got '<hidden>'"),
     ('[log]\nlevel = "trace"\n', f"{F}: [log] level: expected one of: debug, info, warning, error, got 'trace'"),
     # unknown sections and keys, with a suggestion
     ('[server]\nlisen = "127.0.0.1:5000"\n', f"{F}: [server] lisen: expected one of: listen, public_url, stream_path, max_concurrent_calls, shutdown_grace_seconds, got 'lisen' (did you mean 'listen'?)"),
@@ -428,7 +449,7 @@ greeting = "Hi, calling about an appointment."
 def test_secrets_are_masked() -> None:
     env = {
         "TWILIO_AUTH_TOKEN": "s3cr3t-auth",
-        "CALL_TRIGGER_TOKEN": "s3cr3t-trigger",
+        "CALL_TRIGGER_TOKEN": "s3cr3t-trigger-" + "x" * 32,
         "ELEVENLABS_API_KEY": "s3cr3t-eleven",
         "TWILIO_ACCOUNT_SID": SID,
     }
@@ -451,12 +472,12 @@ def test_credentials_directory(tmp_path: Path) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "twilio_auth_token").write_text("cred-auth\n")
-    (creds / "call_trigger_token").write_text("  cred-trigger  \n")
+    (creds / "call_trigger_token").write_text(f"  {TRIGGER}  \n")
     (creds / "elevenlabs_api_key").write_text("cred-eleven")
     (creds / "twilio_account_sid").write_text(SID + "\n")
     c = load_config(None, {"CREDENTIALS_DIRECTORY": str(creds)})
     assert c.twilio.auth_token == "cred-auth"
-    assert c.twilio.call_trigger_token == "cred-trigger"
+    assert c.twilio.call_trigger_token == TRIGGER
     assert c.tts.elevenlabs_api_key == "cred-eleven"
     assert c.twilio.account_sid == SID
 
@@ -482,6 +503,31 @@ def test_bad_credential_is_named(tmp_path: Path) -> None:
     where = f"credential {creds / 'twilio_account_sid'}"
     assert str(info.value).startswith(f"{where}: [twilio] account_sid: expected")
     assert info.value.file == where
+
+
+@pytest.mark.parametrize("name", ["twilio_auth_token", "call_trigger_token"])
+def test_empty_credential_file_is_an_error(tmp_path: Path, name: str) -> None:
+    """LoadCredential= pointing at an empty file must not leave a secret silently empty."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / name).write_text("\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"CREDENTIALS_DIRECTORY": str(creds)})
+    key = {"twilio_auth_token": "auth_token", "call_trigger_token": "call_trigger_token"}[name]
+    assert info.value.key == f"twilio.{key}"
+    assert info.value.expected == f"a non-empty {key.replace('_', ' ')}"
+    assert str(info.value).startswith(f"credential {creds / name}: [twilio] {key}: expected")
+
+
+def test_short_trigger_token_credential_is_refused(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "call_trigger_token").write_text("s3cr3t")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"CREDENTIALS_DIRECTORY": str(creds)})
+    assert info.value.key == "twilio.call_trigger_token"
+    assert "at least 32 characters" in str(info.value)
+    assert "s3cr3t" not in str(info.value)
 
 
 def test_elevenlabs_key_from_credentials(tmp_path: Path) -> None:

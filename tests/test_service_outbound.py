@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 FROM = "+15557654321"
 MOM = "+15551230000"
 GREETING = "Hi Mom, it's your assistant calling about Sunday lunch."
-TRIGGER_TOKEN = "trigger-token-0123456789abcdef"
+TRIGGER_TOKEN = "trigger-token-0123456789abcdef0123456789"
 
 
 @pytest.fixture(scope="module")

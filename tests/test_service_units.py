@@ -166,7 +166,8 @@ def test_reload_keeps_restart_only_settings_and_names_them(tmp_path):
         tmp_path,
         '[server]\nlisten = "0.0.0.0:6000"\nmax_concurrent_calls = 9\n'
         '[stt]\nmodel = "base.en"\n[llm]\ntemperature = 0.9\nmodel = "x"\n'
-        '[call]\ngreeting = "Hi!"\n[twilio]\ncall_trigger_token = "tok-123456"\n',
+        '[call]\ngreeting = "Hi!"\n[twilio]\n'
+        'call_trigger_token = "tok-123456-0123456789abcdef01234"\n',
     )
     effective, restart = merge_reloadable(old, new)
     assert restart == ["[server] listen", "[stt] model", "[llm] model"]
@@ -174,7 +175,7 @@ def test_reload_keeps_restart_only_settings_and_names_them(tmp_path):
     assert effective.stt == old.stt and effective.llm.model == old.llm.model
     assert effective.server.max_concurrent_calls == 9
     assert effective.llm.temperature == 0.9 and effective.call.greeting == "Hi!"
-    assert secrets_of(effective) == ["tok-123456"]
+    assert secrets_of(effective) == ["tok-123456-0123456789abcdef01234"]
     assert merge_reloadable(old, old) == (old, [])
 
 
