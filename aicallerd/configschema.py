@@ -165,6 +165,22 @@ class CallConfig(Section):
         env="STORE_ALL_RESPONSE_AUDIO",
         comment="Keep every synthesized reply as a WAV in the state directory.",
     )
+    first_audio_seconds: float = key(
+        4.0,
+        number(float, 0, above=True),
+        comment="Deadline from the end of the caller's turn to the reply's first audio; "
+        "past it the caller hears the apology.",
+    )
+    reply_seconds: float = key(
+        20.0,
+        number(float, 0, above=True),
+        comment="Deadline for generating a whole reply; what is ready by then is spoken.",
+    )
+    transcribe_seconds: float = key(
+        5.0,
+        number(float, 0, above=True),
+        comment="Deadline for one transcription; past it that audio counts as unheard.",
+    )
 
 
 @dataclass(frozen=True, repr=False)

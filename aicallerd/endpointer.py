@@ -33,23 +33,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from aicallerd.audio.resample import rms
+from aicallerd.configschema import TurnConfig
 
 SAMPLE_RATE = 8000
 _EPS = 1e-6  # far below one sample (125 us): absorbs float error in summed frame times
 _GAP_FILL_LIMIT_SECONDS = 10.0
 
 
+_TURN = TurnConfig()  # the configuration's defaults are the endpointer's, written once
+
+
 @dataclass(frozen=True)
 class EndpointerSettings:
-    """Tunables; defaults suit 8 kHz telephony with Silero probabilities."""
+    """Tunables; the defaults are the shipped configuration's ([turn] in etc/aicaller.conf)."""
 
-    vad_threshold: float = 0.5
-    min_speech_rms_threshold: float = 150.0
-    chunk_silence_seconds: float = 0.3
-    done_speaking_silence_seconds: float = 0.6
-    min_chunk_seconds: float = 0.4
-    max_chunk_seconds: float = 10.0
-    lead_in_seconds: float = 0.2
+    vad_threshold: float = _TURN.vad_threshold
+    min_speech_rms_threshold: float = _TURN.min_speech_rms_threshold
+    chunk_silence_seconds: float = _TURN.chunk_silence_seconds
+    done_speaking_silence_seconds: float = _TURN.done_speaking_silence_seconds
+    min_chunk_seconds: float = _TURN.min_chunk_seconds
+    max_chunk_seconds: float = _TURN.max_chunk_seconds
+    lead_in_seconds: float = _TURN.lead_in_seconds
     min_speech_start_seconds: float = 0.04
     frame_seconds: float = 0.02
     chunk_tail_seconds: float = 0.1

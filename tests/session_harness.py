@@ -38,6 +38,7 @@ from aicallerd.call.session import CallSession
 from aicallerd.call.settings import CallSettings, ReplySettings
 from aicallerd.endpointer import EndpointerSettings
 from aicallerd.engines.llm import LLMError
+from aicallerd.engines.tts import TTSError
 from aicallerd.twilio import media
 from aicallerd.vad import RmsVad
 
@@ -176,11 +177,14 @@ class FakeLLM:
         first_token_delay: float = 0.05,
         token_delay: float = 0.01,
         fail_on: Sequence[str] = (),
+        stall_on: Mapping[str, int] | None = None,
     ) -> None:
         self.replies = dict(replies or {})
         self.first_token_delay = first_token_delay
         self.token_delay = token_delay
         self.fail_on = set(fail_on)
+        # caller text -> tokens sent before the stream stalls forever (a hung server)
+        self.stall_on = dict(stall_on or {})
         self.requests: list[LLMRequest] = []
 
     def reply_for(self, caller_text: str) -> str:
@@ -196,9 +200,12 @@ class FakeLLM:
             if request.caller_text in self.fail_on:
                 request.outcome = "failed"
                 raise LLMError("scripted failure", status=500)
+            stall_at = self.stall_on.get(request.caller_text)
             for i, token in enumerate(re.findall(r"\s*\S+", self.reply_for(request.caller_text))):
                 if i:
                     await trio.sleep(self.token_delay)
+                if i == stall_at:
+                    await trio.sleep_forever()
                 yield token
             request.outcome = "done"
         except trio.Cancelled:
@@ -212,9 +219,16 @@ class FakeTTS:
     Every rendering is unique to its text and kept in :attr:`rendered` (audio -> text).
     """
 
-    def __init__(self, *, seconds_per_char: float = 0.05, delay: float = 0.03) -> None:
+    def __init__(
+        self,
+        *,
+        seconds_per_char: float = 0.05,
+        delay: float = 0.03,
+        fail_on: Sequence[str] = (),
+    ) -> None:
         self.seconds_per_char = seconds_per_char
         self.delay = delay
+        self.fail_on = set(fail_on)  # texts whose synthesis drops like a cut stream
         self.requests: list[str] = []
         self.rendered: dict[bytes, str] = {}
         self._by_text: dict[str, bytes] = {}
@@ -240,6 +254,8 @@ class FakeTTS:
     async def stream_ulaw(self, text: str) -> AsyncIterator[bytes]:
         self.requests.append(text)
         await trio.sleep(self.delay)
+        if text in self.fail_on:
+            raise TTSError("scripted failure: stream cut", status=None)
         yield self.audio_for(text)
 
 

@@ -8,6 +8,8 @@ Each test asserts what a caller would hear or an operator would read in the call
 from __future__ import annotations
 
 import logging
+import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -401,6 +403,77 @@ def test_llm_failure_apologises_and_call_goes_on() -> None:
     ]
     assert h.link.close_code is None  # the stand-in hung up, not the session
     assert h.session.end_reason == "hangup"
+
+
+def test_tts_dropping_mid_reply_apologises_and_the_next_turn_works() -> None:
+    """A voice stream cut after the first sentence: the caller hears that sentence, then the
+    apology, and the call goes on (it used to be dropped)."""
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await h.wait_agent_turns(1)
+        await settle(h)
+        await trio.sleep(0.4)
+        await h.say("w4", "w5")
+        await h.wait_agent_turns(2)
+        await settle(h)
+
+    h = run_call(caller, llm=reply3_llm(), tts=FakeTTS(fail_on=[S2]))
+
+    assert labels(h.segments()) == [(S1, True), ("canned:sorry", True), ("I heard w4 w5.", True)]
+    assert [t.text for t in h.sink.agent_turns] == [f"{S1} {FALLBACK_LINE}", "I heard w4 w5."]
+    assert h.session.end_reason == "hangup"
+
+
+@pytest.mark.parametrize("stall_at", [0, 1, 4], ids=["no-token", "one-token", "one-sentence"])
+def test_stalled_llm_apologises_within_the_deadline(stall_at: int) -> None:
+    """An LLM that stops sending (keep-alives only) never leaves the caller in silence:
+    past the first-audio deadline they hear the apology, and the next turn is answered."""
+    s = settings(first_audio_seconds=3.0, reply_seconds=8.0)
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await h.wait_agent_turns(1, timeout=30)
+        await settle(h)
+        await trio.sleep(0.4)
+        await h.say("w4", "w5")
+        await h.wait_agent_turns(2)
+        await settle(h)
+
+    llm = FakeLLM({"w1 w2 w3": REPLY3}, stall_on={"w1 w2 w3": stall_at})
+    h = run_call(caller, call_settings=s, llm=llm)
+
+    said = h.said[0]
+    sorry = next(seg for seg in h.segments() if seg.label == "canned:sorry")
+    if stall_at < 3:  # nothing speakable: the apology comes at the first-audio deadline
+        assert sorry.first_t == pytest.approx(said.speech_end + DONE + 3.0, abs=0.1)
+        assert labels(h.segments())[0] == ("canned:sorry", True)
+    else:  # one sentence was spoken; the rest never came: cut at the reply deadline
+        assert labels(h.segments())[0] == (S1, True)
+        assert sorry.first_t <= said.speech_end + DONE + 8.0  # counted from the speculation
+    assert h.llm.requests[0].outcome == "cancelled"  # the stalled stream was closed
+    assert labels(h.segments())[-1] == ("I heard w4 w5.", True)
+
+
+def test_stored_reply_audio_matches_the_stored_text(tmp_path: Path) -> None:
+    """A reply cut by the caller hanging up is stored as heard: text and audio agree."""
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        said = await h.say("w1", "w2", "w3")
+        await h.wait_until(lambda: len(h.marks_echoed()) >= 1)
+        assert said.first_agent_audio is not None
+
+    h = run_call(caller, call_settings=settings(store_audio_dir=tmp_path), llm=reply3_llm())
+
+    (turn,) = h.sink.agent_turns
+    assert turn.text == S1 and turn.interrupted
+    (wav,) = tmp_path.glob("CA*/turn-001.wav")
+    with wave.open(str(wav)) as w:
+        seconds = w.getnframes() / w.getframerate()
+    assert seconds == pytest.approx(h.tts.seconds_for(S1), abs=0.001)
 
 
 # -- 6. limits -----------------------------------------------------------------------------

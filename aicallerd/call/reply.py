@@ -45,6 +45,9 @@ class Reply:
         """The sentences whose closing mark came back: what the caller actually heard."""
         return " ".join(s.text for s in self.sentences if player.played(s.mark))
 
+    def played_audio(self, player: Player) -> bytes:
+        return b"".join(s.audio for s in self.sentences if player.played(s.mark))
+
     def unplayed(self, player: Player) -> tuple[Spoken, ...]:
         return tuple(s for s in self.sentences if not player.played(s.mark))
 

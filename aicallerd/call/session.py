@@ -94,6 +94,7 @@ class _Run:
     decided: float = 0.0
     first_frame_at: float | None = None
     first_frame: trio.Event = field(default_factory=trio.Event)
+    timed_out: bool = False  # no audio by the first-audio deadline
 
     def on_first_frame(self, t: float) -> None:
         if self.first_frame_at is None:
@@ -363,12 +364,13 @@ class CallSession:
     async def _reply(self, run: _Run, messages: tuple[dict[str, str], ...]) -> None:
         """One turn: generate and speak within deadlines; the apology if nothing came."""
         s = self.settings
+        failed = False
         try:
             with run.scope:
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._first_audio_deadline, run, nursery.cancel_scope)
-                        with trio.move_on_after(s.reply_seconds):
+                        with trio.move_on_after(s.reply_seconds) as whole:
                             await speak_reply(
                                 llm=self.llm,
                                 tts=self.tts,
@@ -380,12 +382,16 @@ class CallSession:
                                 legs=run.legs,
                                 on_first_frame=run.on_first_frame,
                             )
-                        nursery.cancel_scope.cancel()
+                        nursery.cancel_scope.cancel()  # done: stop the first-audio deadline
+                    if whole.cancelled_caught:
+                        self.log.error("turn %d: reply cut at %gs", run.number, s.reply_seconds)
+                    failed = run.timed_out or whole.cancelled_caught
                 except* Exception as group:
+                    failed = True
                     self.log.error("turn %d: %s", run.number, _first_error(group))
                 await run.committed.wait()
                 run.legs.stt_tail = max(0.0, run.text_ready - run.decided)
-                if not run.reply.sentences:  # the engines failed or said nothing speakable
+                if failed or not run.reply.sentences:  # never leave the caller in silence
                     self._apologise(run)
                 await self._wait_played(run.reply.last_mark, len(run.reply.audio) / 8000)
         finally:
@@ -402,6 +408,7 @@ class CallSession:
             run.number,
             self.settings.first_audio_seconds,
         )
+        run.timed_out = True
         generation.cancel()
 
     async def _replay(self, action: Replay) -> None:
@@ -440,7 +447,9 @@ class CallSession:
 
     def _record(self, run: _Run, action: Record) -> None:
         run.legs.interrupted = action.interrupted
-        audio_path = self._store_audio(action.turn, run.reply.audio)
+        reply = run.reply
+        audio = reply.played_audio(self.player) if action.interrupted else reply.audio
+        audio_path = self._store_audio(action.turn, audio)
         sid = self.call_sid
         self.log.info(
             "turn %d: caller=%r agent=%r%s | %s",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aicallerd.call.lines import TIME_LIMIT_LINE
 from aicallerd.config import Config
+from aicallerd.configschema import CallConfig
 from aicallerd.endpointer import EndpointerSettings
 
 
@@ -40,11 +41,11 @@ class CallSettings:
     barge_in_ignore_backchannels: bool
     speculative: bool
     store_audio_dir: Path | None
+    first_audio_seconds: float = CallConfig.first_audio_seconds
+    reply_seconds: float = CallConfig.reply_seconds
+    transcribe_seconds: float = CallConfig.transcribe_seconds
     handshake_timeout: float = 10.0
     player_lead: float = 0.08
-    first_audio_seconds: float = 4.0  # end of turn -> first reply audio, else the apology
-    reply_seconds: float = 20.0  # end of turn -> whole reply generated and queued
-    transcribe_seconds: float = 5.0  # one transcription, else it counts as unheard
 
 
 def seconds_or_inf(value: float) -> float:
@@ -80,4 +81,7 @@ def call_settings(cfg: Config) -> CallSettings:
         store_audio_dir=(
             Path(cfg.storage.state_dir) / "audio" if cfg.call.store_all_response_audio else None
         ),
+        first_audio_seconds=cfg.call.first_audio_seconds,
+        reply_seconds=cfg.call.reply_seconds,
+        transcribe_seconds=cfg.call.transcribe_seconds,
     )

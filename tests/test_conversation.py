@@ -1,0 +1,605 @@
+"""The conversation core on synthetic timelines: no trio, no clock, no engines.
+
+Every test feeds :class:`Conversation` 20 ms frames (a loud tone for speech, zeros for
+silence), transcripts and reply outcomes in a fixed order and asserts the actions it returns,
+so each turn-taking decision is checked to the frame. Monotonic time equals audio time here
+(a frame "arrives" the instant it ends).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aicallerd.call.conversation import (
+    RESUME_WINDOW_SECONDS,
+    Action,
+    CancelReply,
+    Clear,
+    Close,
+    CommitReply,
+    Conversation,
+    Note,
+    Record,
+    Replay,
+    ReplyOutcome,
+    SayLine,
+    Spoken,
+    StartReply,
+    Transcribe,
+)
+from aicallerd.call.settings import CallSettings, ReplySettings
+from aicallerd.endpointer import EndpointerSettings
+from aicallerd.text.guardrail import TURN_GUARDRAIL
+
+SR = 8000
+FRAME = 0.02
+FRAME_SAMPLES = 160
+_t = np.arange(FRAME_SAMPLES) / SR
+LOUD = np.round(8000 * np.sin(2 * np.pi * 1000.0 * _t)).astype(np.int16)  # 1 kHz: whole cycles
+QUIET = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+GOODBYE = "Goodbye for now."
+TIME_LIMIT = "That is all the time we have."
+
+
+def settings(**overrides: object) -> CallSettings:
+    """The defaults of the session tests, with ``overrides`` applied."""
+    base = CallSettings(
+        endpointer=EndpointerSettings(
+            min_speech_rms_threshold=200.0,
+            chunk_silence_seconds=0.3,
+            done_speaking_silence_seconds=0.6,
+            min_chunk_seconds=0.5,
+            max_chunk_seconds=10.0,
+            lead_in_seconds=0.2,
+        ),
+        reply=ReplySettings(max_tokens=120, temperature=0.4),
+        system_prompt="You are a test agent.",
+        greeting="",
+        goodbye=GOODBYE,
+        time_limit_line=TIME_LIMIT,
+        history_turns=4,
+        max_silence_seconds=60.0,
+        max_call_seconds=600.0,
+        barge_in=True,
+        barge_in_min_speech_seconds=0.2,
+        barge_in_min_words=0,
+        barge_in_ignore_backchannels=True,
+        speculative=True,
+        store_audio_dir=None,
+    )
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+Stamped = list[tuple[float, Action]]  # (arrival time of the frame, action it caused)
+
+
+class Call:
+    """Drives one :class:`Conversation` frame by frame; ``speaking`` is our audio playing."""
+
+    def __init__(self, greeting: str = "", **overrides: object) -> None:
+        self.conv = Conversation(settings(**overrides))
+        self.t = 0.0  # audio time of the next frame
+        self.speaking = False
+        self.opening = self.conv.begin(0.0, greeting)
+
+    @property
+    def now(self) -> float:
+        return self.t
+
+    def _frames(self, seconds: float, pcm: np.ndarray, prob: float) -> Stamped:
+        out: Stamped = []
+        for _ in range(round(seconds / FRAME)):
+            arrived = self.t + FRAME
+            for action in self.conv.audio(pcm, prob, self.t, arrived, self.speaking):
+                out.append((arrived, action))
+            self.t = arrived
+        return out
+
+    def speak(self, seconds: float) -> Stamped:
+        return self._frames(seconds, LOUD, 1.0)
+
+    def silence(self, seconds: float) -> Stamped:
+        return self._frames(seconds, QUIET, 0.0)
+
+    def transcribed(self, job: int, text: str, now: float | None = None) -> list[Action]:
+        return self.conv.transcribed(job, text, self.now if now is None else now)
+
+    def reply_done(
+        self, turn: int, outcome: ReplyOutcome, now: float | None = None
+    ) -> list[Action]:
+        return self.conv.reply_done(turn, outcome, self.now if now is None else now)
+
+
+def acts(stamped: Stamped) -> list[Action]:
+    return [a for _, a in stamped]
+
+
+def kinds(actions: list[Action]) -> list[type]:
+    return [type(a) for a in actions]
+
+
+def only(actions: list[Action], kind: type) -> list:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def job_of(stamped: Stamped) -> int:
+    """The one transcription job asked for in ``stamped``."""
+    (job,) = only(acts(stamped), Transcribe)
+    return job.job
+
+
+def user(text: str) -> dict[str, str]:
+    """The user message the model gets for a caller turn."""
+    return {"role": "user", "content": f"{text}\n{TURN_GUARDRAIL}"}
+
+
+def outcome(text: str, heard: str, *unplayed: Spoken, started: bool = True) -> ReplyOutcome:
+    return ReplyOutcome(text=text, heard=heard, unplayed=unplayed, audio_started=started)
+
+
+REPLY = "Hi. How can I help?"
+UNPLAYED = (Spoken("m2", "How can I help?", b"\xff" * 160),)
+
+
+def committed_turn(call: Call, text: str = "hello there") -> None:
+    """The caller spoke 1 s, the reply started speculatively and was committed (turn 1)."""
+    job = job_of(call.speak(1.0) + call.silence(0.3))
+    (start,) = call.transcribed(job, text)
+    assert isinstance(start, StartReply) and start.turn == 1
+    (commit,) = acts(call.silence(0.3))
+    assert commit == CommitReply(1, speech_end=pytest.approx(1.0), decided=pytest.approx(1.6))
+
+
+def barged_in(call: Call) -> int:
+    """Over a committed turn 1 the caller says 0.3 s: cancelled; returns its transcription job."""
+    committed_turn(call)
+    call.speaking = True
+    assert CancelReply(1, "barge-in") in acts(call.speak(0.3))
+    call.speaking = False
+    return job_of(call.silence(0.6))
+
+
+# -- 1. end of turn ---------------------------------------------------------------------------
+
+
+def test_reply_starts_at_the_pause_and_is_committed_after_done_speaking_silence() -> None:
+    """The reply is prepared during the short pause and may be heard only at 0.6 s of silence."""
+    call = Call()
+    assert acts(call.speak(1.0)) == []
+    pause = call.silence(0.3)
+    assert kinds(acts(pause)) == [Transcribe]  # the 1 s chunk is cut at the pause
+    assert pause[0][0] == pytest.approx(1.3)
+    (start,) = call.transcribed(job_of(pause), "hello there")
+    assert start == StartReply(
+        1, ({"role": "system", "content": "You are a test agent."}, user("hello there")), True
+    )
+    assert acts(call.silence(0.28)) == []  # not yet the end of the turn
+    (commit,) = call.silence(0.02)
+    assert commit[0] == pytest.approx(1.6)
+    assert commit[1] == CommitReply(1, speech_end=pytest.approx(1.0), decided=pytest.approx(1.6))
+    assert call.conv.speculations == {"started": 1, "committed": 1, "discarded": 0}
+
+
+def test_short_phrase_is_transcribed_once_and_reply_follows() -> None:
+    """A 0.4 s "yes please" is transcribed early at the pause; the final chunk reuses that job."""
+    call = Call()
+    call.speak(0.4)
+    (job,) = only(acts(call.silence(0.3)), Transcribe)
+    assert acts(call.silence(0.3)) == []  # the same audio: no second transcription
+    start, commit = call.transcribed(job.job, "yes please")
+    assert start == StartReply(1, start.messages, True) and start.messages[-1] == user("yes please")
+    assert commit == CommitReply(1, speech_end=pytest.approx(0.4), decided=pytest.approx(1.0))
+
+
+def test_without_speculation_the_reply_starts_only_at_end_of_turn() -> None:
+    """speculative=False: nothing is prepared at the pause; start and commit come together."""
+    call = Call(speculative=False)
+    call.speak(1.0)
+    job = job_of(call.silence(0.3))
+    assert call.transcribed(job, "hello there") == []
+    start, commit = acts(call.silence(0.3))
+    assert start == StartReply(1, start.messages, False)
+    assert start.messages[-1] == user("hello there")
+    assert commit == CommitReply(1, speech_end=pytest.approx(1.0), decided=pytest.approx(1.6))
+    assert call.conv.speculations == {"started": 0, "committed": 0, "discarded": 0}
+
+
+def test_transcript_late_after_end_of_turn_starts_and_commits_at_once() -> None:
+    """When the words come back after 0.6 s of silence, the reply is heard as soon as it starts."""
+    call = Call()
+    call.speak(1.0)
+    job = job_of(call.silence(0.3))
+    assert acts(call.silence(0.3)) == []
+    start, commit = call.transcribed(job, "hello there", now=2.0)
+    assert start.speculative is True and start.turn == 1
+    assert commit == CommitReply(1, speech_end=pytest.approx(1.0), decided=pytest.approx(1.6))
+
+
+def test_no_words_at_end_of_turn_means_no_reply() -> None:
+    """A cough the transcriber hears as nothing gets no answer."""
+    call = Call()
+    call.speak(0.4)
+    job = job_of(call.silence(0.6))
+    assert call.transcribed(job, "") == [Note("turn 1: no words heard, not replying")]
+    assert len(call.conv.history) == 1
+
+
+# -- 2. speculation discarded ------------------------------------------------------------------
+
+
+def test_speculation_is_discarded_when_the_caller_goes_on() -> None:
+    """The caller pauses mid-sentence: the early reply is cancelled unheard, the turn has it all."""
+    call = Call()
+    call.speak(1.0)
+    first = job_of(call.silence(0.36))
+    (early,) = call.transcribed(first, "hello there")
+    assert early.turn == 1 and early.speculative
+    resumed = call.speak(0.6)
+    assert acts(resumed) == [CancelReply(1, "discarded")]
+    assert resumed[0][0] == pytest.approx(1.36 + 0.04)  # confirmed after 40 ms of speech
+    second = job_of(call.silence(0.3))
+    (start,) = call.transcribed(second, "how are you")
+    assert start.turn == 2 and start.messages[-1] == user("hello there how are you")
+    (commit,) = acts(call.silence(0.3))
+    assert commit == CommitReply(2, speech_end=pytest.approx(1.96), decided=pytest.approx(2.56))
+    assert call.conv.speculations == {"started": 2, "committed": 1, "discarded": 1}
+    # The discarded reply ends without a trace in the log or the history.
+    assert call.reply_done(1, outcome("Hello!", "", started=False)) == []
+    assert len(call.conv.history) == 1
+
+
+def test_a_plain_yes_is_answered_when_nothing_was_cut() -> None:
+    """ "yeah" answering the agent's question is a turn like any other."""
+    call = Call()
+    call.speak(0.4)
+    job = job_of(call.silence(0.6))
+    start, commit = call.transcribed(job, "yeah")
+    assert start.messages[-1] == user("yeah") and commit.turn == 1
+
+
+def test_model_sees_the_call_prompt_and_only_the_last_history_turns() -> None:
+    """Per-call instructions reach the model; old exchanges beyond history_turns are left out."""
+    call = Call(history_turns=1)
+    call.conv.add_prompt("The caller is Ann.")
+    for n, said in enumerate(["one", "two", "three"], start=1):
+        call.speak(0.4)
+        job = job_of(call.silence(0.6))
+        start, _commit = call.transcribed(job, said)
+        call.reply_done(n, outcome(f"reply {n}", f"reply {n}"))
+        call.silence(1.0)
+    assert start.messages == (
+        {"role": "system", "content": "You are a test agent.\nThe caller is Ann."},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "reply 2"},
+        user("three"),
+    )
+
+
+# -- 3. barge-in -------------------------------------------------------------------------------
+
+
+def test_barge_in_cancels_the_reply_once_at_min_speech() -> None:
+    """Talking over the agent for 0.2 s stops it, exactly once, at the frame that crosses 0.2 s."""
+    call = Call()
+    committed_turn(call)
+    call.speaking = True
+    assert acts(call.speak(0.2)) == []  # the first 20 ms only confirm that speech started
+    crossing = call.speak(0.02)
+    assert [a for _, a in crossing if not isinstance(a, Note)] == [
+        CancelReply(1, "barge-in"),
+        Clear(),
+    ]
+    assert crossing[0][0] == pytest.approx(1.6 + 0.22)
+    (note,) = only(acts(crossing), Note)
+    assert "over turn 1" in note.message
+    assert acts(call.speak(1.0)) == []  # speaking on changes nothing
+
+
+def test_brief_sound_over_the_agent_does_not_interrupt() -> None:
+    """0.1 s of caller sound while the agent speaks: no cancel, no clear."""
+    call = Call()
+    committed_turn(call)
+    call.speaking = True
+    assert acts(call.speak(0.1)) == []
+    assert kinds(acts(call.silence(0.6))) == [Transcribe]  # its words decide (late interruption)
+
+
+def test_barge_in_disabled_lets_the_agent_finish() -> None:
+    """barge_in=False: the caller can talk over the agent without stopping it."""
+    call = Call(barge_in=False)
+    committed_turn(call)
+    call.speaking = True
+    heard = acts(call.speak(1.0))
+    assert only(heard, CancelReply) == [] and only(heard, Clear) == []
+
+
+# -- 4. after a barge-in -----------------------------------------------------------------------
+
+
+def test_words_of_a_reply_never_heard_are_carried_into_the_next_turn() -> None:
+    """The caller talked on before hearing anything: their first words join their next turn."""
+    call = Call()
+    committed_turn(call)
+    cut = acts(call.speak(0.3))  # the reply is committed but none of it is playing yet
+    assert only(cut, CancelReply) == [CancelReply(1, "barge-in")] and only(cut, Clear) == []
+    assert call.reply_done(1, outcome("Hi!", "", started=False)) == [
+        Note("turn 1: caller kept talking, reply dropped")
+    ]
+    call.speak(0.7)
+    job = job_of(call.silence(0.3))
+    (start,) = call.transcribed(job, "and another thing")
+    assert start.turn == 2 and start.messages[-1] == user("hello there and another thing")
+    assert kinds(acts(call.silence(0.3))) == [CommitReply]
+    (record,) = call.reply_done(2, outcome("Sure.", "Sure."))
+    assert record == Record(2, "hello there and another thing", "Sure.", False, pytest.approx(1.6))
+    assert call.conv.history[1:] == [
+        {"role": "user", "content": "hello there and another thing"},
+        {"role": "assistant", "content": "Sure."},
+    ]
+
+
+def test_cut_reply_is_recorded_as_far_as_it_was_heard() -> None:
+    """Interrupted mid-reply: the log and the history hold only the sentences the caller heard."""
+    call = Call()
+    committed_turn(call)
+    call.speaking = True
+    call.speak(0.3)
+    (record,) = call.reply_done(1, outcome(REPLY, "Hi.", *UNPLAYED))
+    assert record == Record(1, "hello there", "Hi.", True, 0.0)
+    assert call.conv.history[1:] == [
+        {"role": "user", "content": "hello there"},
+        {"role": "assistant", "content": "Hi."},
+    ]
+
+
+def test_next_turn_sees_what_was_heard_in_its_messages() -> None:
+    """The model's context for the next turn has the cut reply as heard, not as written."""
+    call = Call()
+    committed_turn(call)
+    call.speaking = True
+    call.speak(0.3)
+    call.reply_done(1, outcome(REPLY, "Hi.", *UNPLAYED))
+    call.speaking = False
+    call.speak(0.4)
+    job = job_of(call.silence(0.6))
+    start, _commit = call.transcribed(job, "what time is it")
+    assert start.messages[1:] == (
+        {"role": "user", "content": "hello there"},
+        {"role": "assistant", "content": "Hi."},
+        user("what time is it"),
+    )
+
+
+# -- 5. backchannel and resume -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("words", ["yeah", ""])
+def test_backchannel_after_a_cut_resumes_the_reply(words: str) -> None:
+    """A "yeah" (or nothing) that cut the agent off: it picks up at the sentence it was cut."""
+    call = Call()
+    job = barged_in(call)
+    call.reply_done(1, outcome(REPLY, "Hi.", *UNPLAYED))
+    note, replay, commit = call.transcribed(job, words)
+    assert note == Note(f"turn 2: {words!r} is not an interruption, resuming turn 1")
+    assert replay == Replay(2, UNPLAYED, of_turn=1)
+    assert commit == CommitReply(2, speech_end=pytest.approx(1.9), decided=pytest.approx(2.5))
+    # The resumed sentences are logged as turn 2's reply once played.
+    (record,) = call.reply_done(2, outcome("How can I help?", "How can I help?"))
+    assert record.turn == 2 and record.agent_text == "How can I help?"
+
+
+def test_cut_reply_is_not_resumed_after_the_window() -> None:
+    """Words that come back more than RESUME_WINDOW_SECONDS after the cut: the moment has gone."""
+    call = Call()
+    job = barged_in(call)
+    call.reply_done(1, outcome(REPLY, "Hi.", *UNPLAYED))
+    late = call.now + RESUME_WINDOW_SECONDS + 0.5
+    assert call.transcribed(job, "yeah", now=late) == [Note("turn 2: no words heard, not replying")]
+
+
+def test_real_words_after_a_cut_get_a_new_reply() -> None:
+    """The caller who cut the agent off with a question gets an answer, not the old reply."""
+    call = Call()
+    job = barged_in(call)
+    call.reply_done(1, outcome(REPLY, "Hi.", *UNPLAYED))
+    start, commit = call.transcribed(job, "what are your hours")
+    assert start.turn == 2 and start.messages[-1] == user("what are your hours")
+    assert commit.turn == 2
+
+
+# -- 6. late interruption ----------------------------------------------------------------------
+
+
+def _short_phrase_over_the_agent(call: Call) -> int:
+    committed_turn(call)
+    call.speaking = True
+    assert acts(call.speak(0.12)) == []
+    return job_of(call.silence(0.6))
+
+
+def test_short_phrase_with_words_interrupts_once_transcribed() -> None:
+    """A quick "stop please" under the barge-in threshold still takes the floor by its words."""
+    call = Call()
+    job = _short_phrase_over_the_agent(call)
+    actions = call.transcribed(job, "stop please")
+    assert kinds(actions) == [Note, CancelReply, Clear, StartReply, CommitReply]
+    assert actions[1] == CancelReply(1, "barge-in")
+    assert actions[3] == StartReply(2, actions[3].messages, False)
+    assert actions[3].messages[-1] == user("stop please")
+    assert actions[4] == CommitReply(2, speech_end=pytest.approx(1.72), decided=pytest.approx(2.32))
+
+
+def test_short_backchannel_over_the_agent_is_not_an_interruption() -> None:
+    """A "mm-hm" while the agent speaks is listening, not taking the floor."""
+    call = Call()
+    job = _short_phrase_over_the_agent(call)
+    assert call.transcribed(job, "mm-hm") == [
+        Note("heard 'mm-hm' while speaking: not an interruption")
+    ]
+    (record,) = call.reply_done(1, outcome(REPLY, REPLY))
+    assert record == Record(1, "hello there", REPLY, False, 0.0)
+
+
+# -- 7. barge-in by words ----------------------------------------------------------------------
+
+
+def test_min_words_checks_the_interrupters_words_before_cancelling() -> None:
+    """barge_in_min_words=2: one word does not stop the agent; two words do."""
+    call = Call(barge_in_min_words=2)
+    committed_turn(call)
+    call.speaking = True
+    first = call.speak(0.22)
+    (check,) = only(acts(first), Transcribe)
+    assert kinds(acts(first)) == [Transcribe]
+    assert first[0][0] == pytest.approx(1.6 + 0.22)  # at 0.2 s of speech
+    assert len(check.pcm) == 10 * FRAME_SAMPLES
+    assert call.transcribed(check.job, "wait") == []
+    assert acts(call.speak(0.28)) == []  # no new check until 0.3 s more audio
+    again = acts(call.speak(0.02))
+    (second,) = only(again, Transcribe)
+    assert kinds(again) == [Transcribe] and len(second.pcm) == 25 * FRAME_SAMPLES
+    stop = call.transcribed(second.job, "wait stop")
+    assert kinds(stop) == [Note, CancelReply, Clear]
+    assert stop[1] == CancelReply(1, "barge-in")
+
+
+def test_min_words_ignores_a_backchannel_of_enough_words() -> None:
+    """Two words of "yeah okay" are still a listening noise: the agent keeps going."""
+    call = Call(barge_in_min_words=2)
+    committed_turn(call)
+    call.speaking = True
+    check = job_of(call.speak(0.22))
+    assert call.transcribed(check, "yeah okay") == []
+
+
+def test_one_word_that_ends_over_the_agent_does_not_interrupt_with_min_words() -> None:
+    """barge_in_min_words=2: a lone "wait" is not an interruption, also once the phrase ends."""
+    call = Call(barge_in_min_words=2)
+    committed_turn(call)
+    call.speaking = True
+    check = job_of(call.speak(0.5))
+    assert call.transcribed(check, "wait") == []
+    chunk = job_of(call.silence(0.6))
+    assert only(call.transcribed(chunk, "wait"), CancelReply) == []
+
+
+# -- 8. greeting -------------------------------------------------------------------------------
+
+
+def test_caller_talking_over_the_greeting_stops_it_once() -> None:
+    """The caller who speaks first cuts the greeting short, and it is cleared only once."""
+    call = Call(greeting="Hello, how can I help?")
+    assert call.opening == [SayLine("greeting", "Hello, how can I help?")]
+    call.speaking = True
+    assert acts(call.speak(0.2)) == []
+    crossing = call.speak(0.02)
+    assert acts(crossing) == [Note("caller spoke over a fixed line: stopping it"), Clear()]
+    assert only(acts(call.speak(0.5)), Clear) == []
+    call.speaking = False
+    assert call.conv.line_done("greeting", call.now) == []
+
+
+# -- 9. silence and duration limits ------------------------------------------------------------
+
+
+def test_long_silence_says_goodbye_then_closes() -> None:
+    """A silent caller hears the goodbye line after max_silence, then the call ends."""
+    conv = Conversation(settings())
+    conv.begin(0.0, "")
+    assert conv.next_tick() == 60.0
+    assert conv.tick(59.9, False) == []
+    assert conv.tick(60.0, False) == [Note("hanging up: silence"), SayLine("goodbye", GOODBYE)]
+    assert conv.tick(61.0, False) == []  # already closing
+    assert conv.line_done("goodbye", 62.0) == [Close("silence")]
+    assert conv.end_reason == "silence" and conv.closing
+
+
+def test_next_tick_is_soon_while_busy_and_silence_clock_waits() -> None:
+    """While the caller speaks, the limits are re-checked every 0.5 s and silence does not count."""
+    call = Call()
+    call.speak(0.1)
+    assert call.conv.next_tick() == pytest.approx(call.now + 0.5)
+    assert call.conv.tick(call.now, False) == []
+    call.silence(0.6)  # the phrase ended at 0.7; the reply is being prepared (busy)
+    assert call.conv.next_tick() == pytest.approx(0.7 + 0.5)
+    assert call.conv.tick(100.0, False) == []  # busy: nothing to hang up on
+
+
+def test_max_call_duration_says_the_time_limit_line() -> None:
+    """However lively the call, it ends at max_call with the time-limit line."""
+    conv = Conversation(settings(max_silence_seconds=math.inf))
+    conv.begin(0.0, "")
+    assert conv.next_tick() == 600.0
+    assert conv.tick(599.0, False) == []
+    assert conv.tick(600.0, False) == [
+        Note("hanging up: max_duration"),
+        SayLine("time_limit", TIME_LIMIT),
+    ]
+    assert conv.end_reason == "max_duration"
+    assert conv.line_done("time_limit", 605.0) == [Close("max_duration")]
+
+
+def test_hang_up_cancels_the_running_reply_and_records_what_was_heard() -> None:
+    """Hanging up mid-reply stops it and clears the line; the log keeps what was heard."""
+    call = Call()
+    committed_turn(call)
+    assert call.conv.tick(call.now, True) == []  # the reply is playing
+    actions = call.conv.hang_up("Bye.", "operator")
+    assert actions == [
+        Note("hanging up: operator"),
+        CancelReply(1, "hang-up"),
+        Clear(),
+        SayLine("bye", "Bye."),
+    ]
+    (record,) = call.reply_done(1, outcome(REPLY, "Hi.", *UNPLAYED))
+    assert record == Record(1, "hello there", "Hi.", True, 0.0)
+    assert call.conv.line_done("bye", call.now) == [Close("operator")]
+
+
+def test_hang_up_without_a_line_closes_at_once() -> None:
+    """No goodbye line configured: the stream is closed straight away."""
+    conv = Conversation(settings())
+    conv.begin(0.0, "")
+    assert conv.hang_up("", "operator") == [Note("hanging up: operator"), Close("operator")]
+    assert conv.hang_up("Bye.", "again") == []
+
+
+# -- 10. DTMF ----------------------------------------------------------------------------------
+
+
+def test_key_press_resets_the_silence_clock() -> None:
+    """A caller pressing keys is not silent: the silence limit counts from the key press."""
+    conv = Conversation(settings())
+    conv.begin(0.0, "")
+    assert conv.dtmf("5", 50.0) == [Note("dtmf 5")]
+    assert conv.next_tick() == 110.0
+    assert conv.tick(60.0, False) == []
+    assert conv.tick(110.0, False) == [Note("hanging up: silence"), SayLine("goodbye", GOODBYE)]
+
+
+# -- 11. sans-I/O ------------------------------------------------------------------------------
+
+
+def test_core_imports_no_io_library() -> None:
+    """The core can be reasoned about and tested alone: no event loop, no network stack."""
+    code = (
+        "import sys, aicallerd.call.conversation\n"
+        "bad = {'trio', 'httpx', 'trio_websocket', 'quart', 'hypercorn', 'asyncio'}\n"
+        "print(sorted(bad & set(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "[]"
