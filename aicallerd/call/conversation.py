@@ -565,7 +565,7 @@ class Conversation:
             return
         if phrase.ended:
             # Too short to take the floor while speaking: a backchannel, unless it had words.
-            if not heard or is_backchannel(heard):
+            if not heard or is_backchannel(heard) or len(words(heard)) < s.barge_in_min_words:
                 out.append(Note(f"heard {heard!r} while speaking: not an interruption"))
                 return
             self._interrupt(turn, phrase, out)
