@@ -17,14 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aicallerd.call.conversation import (
-    RESUME_WINDOW_SECONDS,
+from aicallerd.call.actions import (
     Action,
     CancelReply,
     Clear,
     Close,
     CommitReply,
-    Conversation,
     Note,
     Record,
     Replay,
@@ -34,6 +32,7 @@ from aicallerd.call.conversation import (
     StartReply,
     Transcribe,
 )
+from aicallerd.call.conversation import RESUME_WINDOW_SECONDS, Conversation
 from aicallerd.call.settings import CallSettings, ReplySettings
 from aicallerd.endpointer import EndpointerSettings
 from aicallerd.text.guardrail import TURN_GUARDRAIL

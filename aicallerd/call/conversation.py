@@ -25,6 +25,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aicallerd.call.actions import (
+    Action,
+    CancelReply,
+    Clear,
+    Close,
+    CommitReply,
+    Note,
+    Record,
+    Replay,
+    ReplyOutcome,
+    SayLine,
+    Spoken,
+    StartReply,
+    Transcribe,
+)
 from aicallerd.call.settings import CallSettings
 from aicallerd.endpointer import (
     SAMPLE_RATE,
@@ -42,107 +57,6 @@ from aicallerd.text.guardrail import TURN_GUARDRAIL
 RESUME_WINDOW_SECONDS = 10.0  # a cut reply is picked up again only this soon after the cut
 WORD_CHECK_FRAMES = 15  # re-check an interruption's words after ~0.3 s more audio
 _EPS = 1e-6  # speech time is summed frame by frame: allow for float error at thresholds
-
-
-# -- what the core reads back from a reply -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Spoken:
-    """One sentence as queued: its text, its audio and the mark that follows it."""
-
-    mark: str
-    text: str
-    audio: bytes
-
-
-@dataclass(frozen=True)
-class ReplyOutcome:
-    """How a reply ended, as the caller's side saw it."""
-
-    text: str  # everything that was queued
-    heard: str  # the sentences whose closing mark came back
-    unplayed: tuple[Spoken, ...]  # queued but not heard, for a resume
-    audio_started: bool  # at least one frame of it was sent
-
-
-# -- actions ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Transcribe:
-    job: int
-    pcm: np.ndarray
-
-
-@dataclass(frozen=True)
-class StartReply:
-    turn: int
-    messages: tuple[dict[str, str], ...]
-    speculative: bool
-
-
-@dataclass(frozen=True)
-class CommitReply:
-    """The pause became the end of the turn: the reply may be heard."""
-
-    turn: int
-    speech_end: float
-    decided: float
-
-
-@dataclass(frozen=True)
-class CancelReply:
-    turn: int
-    reason: str  # "discarded" (the caller went on) | "barge-in" | "hang-up"
-
-
-@dataclass(frozen=True)
-class Clear:
-    """Drop every frame not yet played, here and in Twilio's buffer."""
-
-
-@dataclass(frozen=True)
-class Replay:
-    """Speak the unheard rest of turn ``of_turn`` as turn ``turn``'s reply."""
-
-    turn: int
-    sentences: tuple[Spoken, ...]
-    of_turn: int
-
-
-@dataclass(frozen=True)
-class SayLine:
-    tag: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Record:
-    """A finished exchange for the call log: the caller's words and what they heard."""
-
-    turn: int
-    caller_text: str
-    agent_text: str
-    interrupted: bool
-    caller_started: float
-
-
-@dataclass(frozen=True)
-class Close:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Note:
-    """Something an operator reading the log should know; no effect on the call."""
-
-    message: str
-
-
-Action = (
-    Transcribe | StartReply | CommitReply | CancelReply | Clear | Replay | SayLine | Record | Close
-) | Note
 
 
 # -- state --------------------------------------------------------------------------------------

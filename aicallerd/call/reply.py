@@ -16,7 +16,7 @@ import numpy as np
 import trio
 
 from aicallerd.audio.mulaw import ulaw_decode
-from aicallerd.call.conversation import Spoken
+from aicallerd.call.actions import Spoken
 from aicallerd.call.metrics import TurnLegs
 from aicallerd.call.player import Gate, Player
 from aicallerd.call.settings import ReplySettings

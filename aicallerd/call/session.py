@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,27 +29,25 @@ import trio
 from aicallerd.audio.mulaw import ulaw_decode
 from aicallerd.audio.resample import rms
 from aicallerd.audio.wav import write_wav
-from aicallerd.call.conversation import (
+from aicallerd.call.actions import (
     Action,
     CancelReply,
     Clear,
     Close,
     CommitReply,
-    Conversation,
     Note,
     Record,
     Replay,
     ReplyOutcome,
     SayLine,
-    Spoken,
     StartReply,
     Transcribe,
 )
-from aicallerd.call.lines import FALLBACK_LINE
+from aicallerd.call.conversation import Conversation
 from aicallerd.call.metrics import TurnLegs
-from aicallerd.call.player import Gate, Player, Transport
-from aicallerd.call.reply import Reply, speak_reply
+from aicallerd.call.player import Player, Transport
 from aicallerd.call.settings import CallSettings
+from aicallerd.call.speaker import ReplyRun, Speaker
 from aicallerd.logs import call_logger
 from aicallerd.twilio import media
 from aicallerd.vad import probabilities
@@ -77,29 +74,6 @@ class TurnSink(Protocol):
         legs: TurnLegs,
         audio_path: str | None,
     ) -> None: ...
-
-
-@dataclass(eq=False)
-class _Run:
-    """One reply being carried out: its cancel scope, its gate, its measurements."""
-
-    number: int
-    gate: Gate
-    legs: TurnLegs
-    reply: Reply
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    committed: trio.Event = field(default_factory=trio.Event)
-    text_ready: float = 0.0
-    speech_end: float = 0.0
-    decided: float = 0.0
-    first_frame_at: float | None = None
-    first_frame: trio.Event = field(default_factory=trio.Event)
-    timed_out: bool = False  # no audio by the first-audio deadline
-
-    def on_first_frame(self, t: float) -> None:
-        if self.first_frame_at is None:
-            self.first_frame_at = t
-            self.first_frame.set()
 
 
 class CallSession:
@@ -129,8 +103,9 @@ class CallSession:
         self.log: logging.LoggerAdapter = logging.LoggerAdapter(log, {})
         self.core = Conversation(settings)
         self.player = Player(transport, lead=settings.player_lead)
+        self.speaker = Speaker(self.player, llm=llm, tts=tts, canned=self.canned, settings=settings)
         self.ended = trio.Event()
-        self._runs: dict[int, _Run] = {}
+        self._runs: dict[int, ReplyRun] = {}
         self._nursery: trio.Nursery | None = None
         self._records: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
         self._frames_in, self._frames_out = trio.open_memory_channel[
@@ -164,7 +139,9 @@ class CallSession:
         ``greeting=""`` means the agent waits for the callee's "hello?" instead.
         """
         if greeting is not None:
-            self.settings = dataclasses.replace(self.settings, greeting=greeting)
+            self.settings = self.speaker.settings = dataclasses.replace(
+                self.settings, greeting=greeting
+            )
             self.canned.pop("greeting", None)
             if greeting and greeting_audio:
                 self.canned["greeting"] = greeting_audio
@@ -216,7 +193,7 @@ class CallSession:
         """Run the call until Twilio stops the stream or we hang up."""
         self.call_sid = start.call_sid
         self.player.stream_sid = start.stream_sid
-        self.log = call_logger(self.call_sid)
+        self.log = self.speaker.log = call_logger(self.call_sid)
         self.log.info("call started (stream %s)", start.stream_sid)
         records_in, records_out = trio.open_memory_channel[Callable[[], Awaitable[None]]](math.inf)
         self._records = records_in
@@ -284,19 +261,16 @@ class CallSession:
                 nursery.start_soon(self._transcribe, action.job, action.pcm)
             elif isinstance(action, StartReply):
                 assert nursery is not None
-                nursery.start_soon(self._reply, self._new_run(action), action.messages)
+                run = self._runs[action.turn] = self.speaker.new_run(
+                    action.turn, speculative=action.speculative
+                )
+                nursery.start_soon(self._reply, run, action.messages)
             elif isinstance(action, CommitReply):
-                run = self._runs.get(action.turn)
-                if run is not None:
-                    run.speech_end, run.decided = action.speech_end, action.decided
-                    run.legs.endpoint_wait = action.decided - action.speech_end
-                    run.gate.open()
-                    run.committed.set()
+                if (run := self._runs.get(action.turn)) is not None:
+                    run.commit(action.speech_end, action.decided)
             elif isinstance(action, CancelReply):
-                run = self._runs.get(action.turn)
-                if run is not None:
-                    run.gate.shut()
-                    run.scope.cancel()
+                if (run := self._runs.get(action.turn)) is not None:
+                    run.cancel()
             elif isinstance(action, Clear):
                 self.player.clear()
             elif isinstance(action, Replay):
@@ -349,84 +323,36 @@ class CallSession:
         self._act(self.core.transcribed(job, text, trio.current_time()))
 
     # -- speaking ------------------------------------------------------------------------------
-    def _new_run(self, action: StartReply) -> _Run:
-        legs = TurnLegs(speculative=action.speculative)
-        run = _Run(
-            number=action.turn,
-            gate=Gate(self.player, is_open=False),
-            legs=legs,
-            reply=Reply(mark_prefix=f"t{action.turn}"),
-            text_ready=trio.current_time(),
-        )
-        self._runs[action.turn] = run
-        return run
-
-    async def _reply(self, run: _Run, messages: tuple[dict[str, str], ...]) -> None:
-        """One turn: generate and speak within deadlines; the apology if nothing came."""
-        s = self.settings
-        failed = False
+    async def _reply(self, run: ReplyRun, messages: tuple[dict[str, str], ...]) -> None:
+        history = self.core.history
+        previous = next((m["content"] for m in reversed(history) if m["role"] == "assistant"), "")
         try:
-            with run.scope:
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._first_audio_deadline, run, nursery.cancel_scope)
-                        with trio.move_on_after(s.reply_seconds) as whole:
-                            await speak_reply(
-                                llm=self.llm,
-                                tts=self.tts,
-                                player=run.gate,
-                                messages=messages,
-                                settings=s.reply,
-                                previous_reply=self._previous_reply(),
-                                reply=run.reply,
-                                legs=run.legs,
-                                on_first_frame=run.on_first_frame,
-                            )
-                        nursery.cancel_scope.cancel()  # done: stop the first-audio deadline
-                    if whole.cancelled_caught:
-                        self.log.error("turn %d: reply cut at %gs", run.number, s.reply_seconds)
-                    failed = run.timed_out or whole.cancelled_caught
-                except* Exception as group:
-                    failed = True
-                    self.log.error("turn %d: %s", run.number, _first_error(group))
-                await run.committed.wait()
-                run.legs.stt_tail = max(0.0, run.text_ready - run.decided)
-                if failed or not run.reply.sentences:  # never leave the caller in silence
-                    self._apologise(run)
-                await self._wait_played(run.reply.last_mark, len(run.reply.audio) / 8000)
+            await self.speaker.reply(run, messages, previous)
         finally:
             self._finish(run)
-
-    async def _first_audio_deadline(self, run: _Run, generation: trio.CancelScope) -> None:
-        """No audio within the deadline after the end of turn: stop and apologise."""
-        await run.committed.wait()
-        with trio.move_on_at(run.decided + self.settings.first_audio_seconds):
-            await run.first_frame.wait()
-            return
-        self.log.error(
-            "turn %d: no reply audio within %gs: apologising",
-            run.number,
-            self.settings.first_audio_seconds,
-        )
-        run.timed_out = True
-        generation.cancel()
 
     async def _replay(self, action: Replay) -> None:
-        """Speak the unheard rest of a cut reply as this turn's reply."""
-        run = self._new_run(StartReply(action.turn, (), speculative=False))
+        run = self._runs[action.turn] = self.speaker.new_run(action.turn, speculative=False)
         run.gate.open()
         try:
-            with run.scope:
-                for i, sentence in enumerate(action.sentences, 1):
-                    mark = f"t{action.turn}r-s{i}"
-                    run.gate.enqueue_audio(sentence.audio, run.on_first_frame)
-                    run.gate.enqueue_mark(mark)
-                    run.reply.sentences.append(Spoken(mark, sentence.text, sentence.audio))
-                await self._wait_played(run.reply.last_mark, len(run.reply.audio) / 8000)
+            await self.speaker.replay(run, action.sentences)
         finally:
             self._finish(run)
 
-    def _finish(self, run: _Run) -> None:
+    async def _say(self, tag: str, text: str) -> None:
+        heard = False
+        try:
+            heard = await self.speaker.say(tag, text)
+        finally:
+            sid = self.call_sid
+
+            async def write() -> None:
+                await self.sink.agent_line(sid, text, not heard)
+
+            self._queue_record(write)
+            self._act(self.core.line_done(tag, trio.current_time()))
+
+    def _finish(self, run: ReplyRun) -> None:
         """Tell the core how the reply ended; it decides what is recorded."""
         self._runs.pop(run.number, None)
         reply, legs = run.reply, run.legs
@@ -445,7 +371,7 @@ class CallSession:
                 self._record(run, action)
         self._act([a for a in actions if not isinstance(a, Record)])
 
-    def _record(self, run: _Run, action: Record) -> None:
+    def _record(self, run: ReplyRun, action: Record) -> None:
         run.legs.interrupted = action.interrupted
         reply = run.reply
         audio = reply.played_audio(self.player) if action.interrupted else reply.audio
@@ -479,68 +405,6 @@ class CallSession:
                 with trio.CancelScope(shield=True):
                     await write()
 
-    def _apologise(self, run: _Run) -> None:
-        """The pre-rendered apology: a dead LLM or TTS must not leave the caller in silence."""
-        audio = self.canned.get("sorry")
-        if audio is None:
-            return
-        mark = f"{run.reply.mark_prefix}-sorry"
-        run.gate.enqueue_audio(audio, run.on_first_frame)
-        run.gate.enqueue_mark(mark)
-        run.reply.sentences.append(Spoken(mark, FALLBACK_LINE, audio))
-
-    def _previous_reply(self) -> str:
-        history = self.core.history
-        return next((m["content"] for m in reversed(history) if m["role"] == "assistant"), "")
-
-    async def _wait_played(self, last_mark: str | None, seconds: float) -> None:
-        """Wait until Twilio echoes the last mark, then ``clear`` as the seed does."""
-        if last_mark is None:
-            return
-        done = trio.Event()
-
-        def listener(name: str) -> None:
-            if name == last_mark:
-                done.set()
-
-        self.player.add_mark_listener(listener)
-        try:
-            if not self.player.played(last_mark):
-                with trio.move_on_after(seconds + 5.0):
-                    await done.wait()
-        finally:
-            self.player.remove_mark_listener(listener)
-        if not self.player.speaking:
-            self.player.clear()
-
-    async def _say(self, tag: str, text: str) -> None:
-        """Speak a fixed line (greeting, goodbye), from the cache when it was pre-rendered."""
-        audio = self.canned.get(tag)
-        try:
-            if audio is None:
-                chunks = bytearray()
-                with trio.fail_after(self.settings.first_audio_seconds + len(text) / 10):
-                    async for chunk in self.tts.stream_ulaw(text):
-                        self.player.enqueue_audio(chunk)
-                        chunks += chunk
-                audio = bytes(chunks)
-            else:
-                self.player.enqueue_audio(audio)
-            self.player.enqueue_mark(tag)
-            self.log.info("agent says (%s): %r", tag, text)
-            await self._wait_played(tag, len(audio) / 8000)
-        except Exception as exc:
-            self.log.error("tts failed for the %s: %s", tag, exc)
-        finally:
-            heard = self.player.played(tag)
-            sid = self.call_sid
-
-            async def write() -> None:
-                await self.sink.agent_line(sid, text, not heard)
-
-            self._queue_record(write)
-            self._act(self.core.line_done(tag, trio.current_time()))
-
     def _store_audio(self, turn_no: int, ulaw: bytes) -> str | None:
         base = self.settings.store_audio_dir
         if base is None or not ulaw:
@@ -568,9 +432,3 @@ class CallSession:
         while not self.core.closing:
             await trio.sleep_until(self.core.next_tick())
             self._act(self.core.tick(trio.current_time(), self.player.speaking))
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    return group
