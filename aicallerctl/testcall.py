@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import secrets
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -119,15 +120,27 @@ def _stream_target(twiml_text: str) -> tuple[str, dict[str, str]] | str:
     return stream.get("url", ""), params
 
 
-class _Call:
-    """The Twilio side of one live stream."""
+class StandInCall:
+    """The Twilio side of one live stream over ``ws`` (a trio-websocket connection or
+    anything with its ``send_message``/``get_message``/``aclose``).
 
-    def __init__(self, ws, result: CallResult, stream_sid: str, account_sid: str) -> None:
+    ``buffer_factory`` makes the simulated playout buffer; a subclass that records more
+    (``bench.frames.RecordingBuffer``) gives the benchmark and the tests per-frame timing.
+    """
+
+    def __init__(
+        self,
+        ws: Any,
+        result: CallResult,
+        stream_sid: str,
+        account_sid: str,
+        buffer_factory: Callable[[], PlayoutBuffer] = PlayoutBuffer,
+    ) -> None:
         self.ws = ws
         self.result = result
         self.stream_sid = stream_sid
         self.account_sid = account_sid
-        self.buffer = PlayoutBuffer()
+        self.buffer = buffer_factory()
         self.seq = 0
         self.send_lock = trio.Lock()
         self.caller_queue: list[np.ndarray] = []  # pending caller audio frames (pcm8)
@@ -266,13 +279,15 @@ async def place_call(
     direction: str = "inbound",
     voice_url: str | None = None,
     params: Mapping[str, str] | None = None,
+    buffer_factory: Callable[[], PlayoutBuffer] = PlayoutBuffer,
 ) -> CallResult:
     """Play one whole call; returns what happened on the Twilio side.
 
     For a call the daemon placed itself, pass what its REST request told Twilio: the
     ``call_sid`` Twilio gave it, ``direction="outbound-api"`` and the ``voice_url`` it asked
     Twilio to fetch (query included: it is signed as given). ``params`` adds to or
-    overrides the webhook's form fields.
+    overrides the webhook's form fields; ``buffer_factory`` makes the simulated playout
+    buffer (see :class:`StandInCall`).
     """
     call_sid = call_sid or new_sid("CA")
     account_sid = account_sid or new_sid("AC")
@@ -325,14 +340,14 @@ async def place_call(
         ssl_context = ssl.create_default_context(
             cafile=target.verify if isinstance(target.verify, str) else None
         )
-    call: _Call | None = None
+    call: StandInCall | None = None
     try:
         async with open_websocket_url(
             ws_url,
             ssl_context=ssl_context,
             extra_headers=[(b"x-twilio-signature", ws_signature.encode())],
         ) as ws:
-            call = _Call(ws, result, stream_sid, account_sid)
+            call = StandInCall(ws, result, stream_sid, account_sid, buffer_factory)
             await call.send(media.connected_event())
             await call.send(media.start_event(1, stream_sid, call_sid, account_sid, stream_params))
             call.seq = 1
@@ -359,7 +374,7 @@ async def place_call(
     return result
 
 
-async def _wait_reply(call: _Call, timeout: float, quiet: float) -> None:
+async def _wait_reply(call: StandInCall, timeout: float, quiet: float) -> None:
     """Until the agent has spoken and then fallen quiet, the call closed, or timeout."""
     with trio.move_on_after(timeout):
         while not call.closed.is_set():
@@ -369,7 +384,7 @@ async def _wait_reply(call: _Call, timeout: float, quiet: float) -> None:
 
 
 async def _converse(
-    call: _Call,
+    call: StandInCall,
     script: list[Utterance],
     reply_timeout: float,
     quiet: float,

@@ -11,15 +11,18 @@ time (CapacityLimiter(1)), so the trio loop never waits on the disk.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import trio
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 SCHEMA_VERSION = 1
 TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
@@ -262,6 +265,28 @@ class CallLog:
 
         return self._write(tx)
 
+    def purge(self, older_than: float) -> list[str]:
+        """Delete the calls that started before ``older_than`` (epoch seconds), with their
+        turns and status events, and status events of unknown calls that old.
+
+        Returns the deleted calls' SIDs, so the caller can delete their stored audio too.
+        """
+
+        def tx(c: sqlite3.Connection) -> list[str]:
+            sids = [
+                row[0]
+                for row in c.execute("SELECT sid FROM calls WHERE started_at < ?", (older_than,))
+            ]
+            c.executemany("DELETE FROM call_events WHERE call_sid = ?", [(s,) for s in sids])
+            c.execute(
+                "DELETE FROM call_events WHERE at < ? AND call_sid NOT IN (SELECT sid FROM calls)",
+                (older_than,),
+            )
+            c.execute("DELETE FROM calls WHERE started_at < ?", (older_than,))  # turns cascade
+            return sids
+
+        return self._write(tx)
+
     # -- reads -----------------------------------------------------------------------------
 
     def get_call(self, sid: str) -> dict[str, Any] | None:
@@ -300,7 +325,9 @@ class CallLog:
 
 
 class AsyncCallLog:
-    """The call log for trio code: each call runs CallLog's method in a worker thread.
+    """The call log for trio code: ``await log.<name>(...)`` runs ``CallLog.<name>`` in a
+    worker thread, for every public method of :class:`CallLog` (the delegates are generated
+    below, so a new CallLog method needs no copy here).
 
     CapacityLimiter(1) serialises them, which is what makes sharing one sqlite connection
     across threads safe. Cancellation waits for a started write to finish (never abandoned).
@@ -310,77 +337,31 @@ class AsyncCallLog:
         self.sync = CallLog(path)
         self._limiter = trio.CapacityLimiter(1)
 
-    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
-
-    async def open(self) -> None:
-        await self._run(self.sync.open)
-
-    async def close(self) -> None:
-        await self._run(self.sync.close)
+    async def run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run ``fn`` in the call log's worker thread, after any operation before it."""
+        return await trio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), limiter=self._limiter
+        )
 
     async def __aenter__(self) -> AsyncCallLog:
-        await self.open()
+        await self.run(self.sync.open)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         with trio.CancelScope(shield=True):
-            await self.close()
+            await self.run(self.sync.close)
 
-    async def start_call(
-        self,
-        sid: str,
-        direction: str,
-        from_number: str | None,
-        to_number: str | None,
-        started_at: float,
-        contact: str | None = None,
-        status: str | None = None,
-    ) -> None:
-        await self._run(
-            self.sync.start_call,
-            sid,
-            direction,
-            from_number,
-            to_number,
-            started_at,
-            contact,
-            status,
-        )
 
-    async def update_status(self, sid: str, status: str, at: float) -> None:
-        await self._run(self.sync.update_status, sid, status, at)
+def _in_worker(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """An AsyncCallLog method that runs ``CallLog.<name>`` through :meth:`AsyncCallLog.run`."""
 
-    async def mark_answered(self, sid: str, at: float) -> None:
-        await self._run(self.sync.mark_answered, sid, at)
+    @functools.wraps(method)
+    async def delegate(self: AsyncCallLog, *args: Any, **kwargs: Any) -> Any:
+        return await self.run(getattr(self.sync, name), *args, **kwargs)
 
-    async def end_call(
-        self, sid: str, ended_at: float, status: str = "completed", end_reason: str | None = None
-    ) -> None:
-        await self._run(self.sync.end_call, sid, ended_at, status, end_reason)
+    return delegate
 
-    async def add_turn(
-        self,
-        call_sid: str,
-        who: str,
-        text: str,
-        interrupted: bool,
-        started_at: float,
-        legs: Mapping[str, float] | None = None,
-        audio_path: str | None = None,
-    ) -> int:
-        return await self._run(
-            self.sync.add_turn, call_sid, who, text, interrupted, started_at, legs, audio_path
-        )
 
-    async def get_call(self, sid: str) -> dict[str, Any] | None:
-        return await self._run(self.sync.get_call, sid)
-
-    async def recent_calls(self, limit: int = 20) -> list[dict[str, Any]]:
-        return await self._run(self.sync.recent_calls, limit)
-
-    async def transcript(self, sid: str) -> list[dict[str, Any]]:
-        return await self._run(self.sync.transcript, sid)
-
-    async def events(self, sid: str) -> list[dict[str, Any]]:
-        return await self._run(self.sync.events, sid)
+for _name, _method in vars(CallLog).items():
+    if inspect.isfunction(_method) and not _name.startswith("_"):
+        setattr(AsyncCallLog, _name, _in_worker(_name, _method))

@@ -1,22 +1,21 @@
-"""Per-frame timing on the stand-in's side: when each agent frame arrived and how early.
+"""Per-frame timing on the stand-in's side: when each agent frame arrived and when it played.
 
 ``aicallerctl.testcall`` keeps only per-turn aggregates (first frame, gap frames, underruns).
-To see frame arrival jitter the benchmark swaps the stand-in's ``PlayoutBuffer`` for a
-subclass that timestamps every ``push_audio`` and ``tick``; a context variable set by the
-benchmark's caller task tells each buffer which :class:`FrameLog` to write to, so concurrent
-calls keep separate logs. If the stand-in changes shape, timing is simply not recorded.
+:class:`RecordingBuffer` is the stand-in's playout buffer that also timestamps every
+``push_audio`` and ``tick``; the benchmark (frame lead and jitter) and the session tests
+(pacing) hand it to the stand-in through its ``buffer_factory``.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
-import contextvars
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
+
+from aicallerctl.playout import PlayoutBuffer, Tick
 
 FRAME_MS = 20.0
 BYTES_PER_MS = 8.0
@@ -24,65 +23,69 @@ STEADY_AFTER = 5  # arrivals at the start of a run of audio are the sender's lea
 
 
 @dataclass
-class FrameLog:
-    """Arrivals ``(t, queued bytes before)`` and ticks ``(t, queued before, audible)``."""
+class Pushed:
+    """One agent frame at the stand-in: when it arrived and when playout reached it."""
 
-    arrivals: list[tuple[float, int]] = field(default_factory=list)
-    ticks: list[tuple[float, int, bool]] = field(default_factory=list)
-
-
-_current: contextvars.ContextVar[FrameLog | None] = contextvars.ContextVar(
-    "bench_frame_log", default=None
-)
+    arrived: float
+    offset: int  # byte offset in the audio since the last clear
+    queued: int  # bytes already queued ahead of it when it arrived
+    due: float | None = None  # None: not played (yet), or cleared before it played
+    first_after_idle: bool = False  # the buffer was empty when it arrived
 
 
-@contextlib.contextmanager
-def recording(log: FrameLog) -> Iterator[None]:
-    """Buffers created by the stand-in in this task (and its children) record into ``log``."""
-    token = _current.set(log)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+@dataclass
+class Played:
+    """One 20 ms playout tick."""
+
+    t: float
+    queued: int  # bytes queued before the tick
+    audible: bool  # agent audio played (not fill)
+    underrun: bool  # the buffer ran dry mid-sentence
 
 
-@contextlib.contextmanager
-def instrument_standin() -> Iterator[bool]:
-    """Patch ``aicallerctl.testcall.PlayoutBuffer`` for the duration; yields whether it could."""
-    from aicallerctl import testcall
+class RecordingBuffer(PlayoutBuffer):
+    """The stand-in's playout buffer, also noting when each frame arrived and was played.
 
-    original = getattr(testcall, "PlayoutBuffer", None)
-    if not isinstance(original, type) or not all(
-        hasattr(original, name) for name in ("push_audio", "tick")
-    ):
-        yield False
-        return
+    ``clock`` gives the time of each push and tick (the stand-in's trio clock by default).
+    """
 
-    class RecordingBuffer(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)
-            self._bench_log = _current.get()
+    def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
+        super().__init__()
+        self.clock = clock
+        self.pushes: list[Pushed] = []
+        self.ticks: list[Played] = []
+        self._pushed = 0
+        self._played = 0
+        self._waiting: list[Pushed] = []
 
-        def push_audio(self, payload: bytes) -> None:
-            if self._bench_log is not None and payload:
-                queued = int(getattr(self, "queued_bytes", 0))
-                self._bench_log.arrivals.append((trio.current_time(), queued))
-            super().push_audio(payload)
+    @property
+    def underruns(self) -> list[float]:
+        """When the buffer ran dry mid-sentence."""
+        return [p.t for p in self.ticks if p.underrun]
 
-        def tick(self):  # type: ignore[no-untyped-def]
-            queued = int(getattr(self, "queued_bytes", 0))
-            tick = super().tick()
-            if self._bench_log is not None:
-                self._bench_log.ticks.append(
-                    (trio.current_time(), queued, bool(getattr(tick, "audible", False)))
-                )
-            return tick
+    def push_audio(self, payload: bytes) -> None:
+        if payload:
+            p = Pushed(self.clock(), self._pushed, self.queued_bytes, first_after_idle=self.empty)
+            self.pushes.append(p)
+            self._waiting.append(p)
+            self._pushed += len(payload)
+        super().push_audio(payload)
 
-    testcall.PlayoutBuffer = RecordingBuffer  # type: ignore[misc]
-    try:
-        yield True
-    finally:
-        testcall.PlayoutBuffer = original  # type: ignore[misc]
+    def tick(self) -> Tick:
+        before = self.queued_bytes
+        tick = super().tick()
+        played = before - self.queued_bytes
+        now = self.clock()
+        while self._waiting and self._waiting[0].offset < self._played + played:
+            self._waiting.pop(0).due = now
+        self._played += played
+        self.ticks.append(Played(now, before, tick.audible, tick.underrun))
+        return tick
+
+    def clear(self) -> list[str]:
+        self._waiting.clear()
+        self._played = self._pushed
+        return super().clear()
 
 
 @dataclass
@@ -117,7 +120,7 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
 
 
-def reply_timing(log: FrameLog, start: float, end: float) -> FrameTiming:
+def reply_timing(log: RecordingBuffer, start: float, end: float) -> FrameTiming:
     """Frame timing for arrivals in ``[start, end)`` (one reply's window on the stand-in clock).
 
     The lead of an arrival is the audio queued before it plus what is left of the frame
@@ -125,23 +128,24 @@ def reply_timing(log: FrameLog, start: float, end: float) -> FrameTiming:
     ``STEADY_AFTER`` arrivals after the buffer was empty are the sender's deliberate lead
     burst and are left out; a run that never reaches steady state contributes nothing.
     """
-    lo = bisect.bisect_left(log.arrivals, (start, -1))
-    hi = bisect.bisect_left(log.arrivals, (end, -1))
-    tick_times = [t for t, _, _ in log.ticks]
+    arrivals = [p.arrived for p in log.pushes]
+    lo, hi = bisect.bisect_left(arrivals, start), bisect.bisect_left(arrivals, end)
+    tick_times = [p.t for p in log.ticks]
     timing = FrameTiming(frames=hi - lo)
     run = 0
-    for t, queued in log.arrivals[lo:hi]:
+    for push in log.pushes[lo:hi]:
+        t, queued = push.arrived, push.queued
         run = 0 if queued == 0 else run + 1
         if run < STEADY_AFTER:
             continue
         i = bisect.bisect_right(tick_times, t) - 1
         playing = 0.0
-        if i >= 0 and log.ticks[i][2]:
+        if i >= 0 and log.ticks[i].audible:
             playing = max(0.0, FRAME_MS - (t - tick_times[i]) * 1000)
         timing.leads.append(queued / BYTES_PER_MS + playing)
     t_lo = bisect.bisect_left(tick_times, start)
     t_hi = bisect.bisect_left(tick_times, end)
-    played = [audible for _, _, audible in log.ticks[t_lo:t_hi]]
+    played = [p.audible for p in log.ticks[t_lo:t_hi]]
     if any(played):
         first = played.index(True)
         last = len(played) - 1 - played[::-1].index(True)
@@ -153,10 +157,10 @@ def reply_timing(log: FrameLog, start: float, end: float) -> FrameTiming:
     return timing
 
 
-def playing_fraction(log: FrameLog, start: float, end: float) -> float | None:
+def playing_fraction(log: RecordingBuffer, start: float, end: float) -> float | None:
     """Share of playout ticks in ``[start, end]`` that played agent audio (including the
     quiet inside a reply, which Twilio plays like any audio); None without ticks."""
-    times = [t for t, _, _ in log.ticks]
+    times = [p.t for p in log.ticks]
     lo, hi = bisect.bisect_left(times, start), bisect.bisect_right(times, end)
-    played = [audible for _, _, audible in log.ticks[lo:hi]]
+    played = [p.audible for p in log.ticks[lo:hi]]
     return sum(played) / len(played) if played else None

@@ -20,6 +20,8 @@ frame played by the simulated Twilio buffer (what a caller hears).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
@@ -34,21 +36,21 @@ import numpy as np
 import trio
 
 from aicallerd.call.metrics import LEG_NAMES as LEGS
+from aicallerd.call.metrics import percentile
 from bench import frames as fr
 from bench.daemon import Daemon, DaemonError, running_daemon
 from bench.daemonlog import DaemonTurn, barge_ins_of, notable, turns_of
-from bench.make_utterances import wer
 from bench.report import (
     CpuMeter,
     cpu_line,
     machine_info,
     machine_line,
     ms,
-    percentile,
     table,
     wait_idle,
 )
 from bench.utterances import Line, load_script
+from bench.wer import wer
 
 RESULTS = Path(__file__).parent / "results"
 FRAME = 160  # 20 ms of 8 kHz audio
@@ -159,7 +161,9 @@ def _frame_peaks(ulaw: bytes) -> np.ndarray:
     return np.abs(pcm[: n * FRAME].reshape(n, FRAME)).max(axis=1) if n else np.zeros(0)
 
 
-def _analyse_turn(turn: Any, said: Said, flog: fr.FrameLog, window_end: float) -> TurnMetrics:
+def _analyse_turn(
+    turn: Any, said: Said, flog: fr.RecordingBuffer, window_end: float
+) -> TurnMetrics:
     """Caller-side measures of one ``TurnResult`` (stand-in clock, 20 ms ticks)."""
     n_caller = math.ceil(len(said.line.pcm8) / FRAME)
     m = TurnMetrics(said.line.text, said.line.seconds, said.barge_in_after)
@@ -183,7 +187,7 @@ def _analyse_turn(turn: Any, said: Said, flog: fr.FrameLog, window_end: float) -
             m.onset_to_clear_ms = (turn.clear_at - onset) * 1000
         # Valid interruption: the agent's reply was playing from the onset to the clear.
         playing = fr.playing_fraction(flog, onset, end)
-        if playing is None:  # no per-tick log: judge by the audible level instead
+        if playing is None:  # no tick in the window: judge by the audible level instead
             k = max(1, min(n_caller, round((end - onset) / 0.02)))
             playing = float((peaks[:k] >= AUDIBLE_PEAK).any())
         m.talking_over_agent = playing >= 0.8
@@ -203,33 +207,33 @@ def _pair(metrics: list[TurnMetrics], daemon_turns: list[DaemonTurn]) -> None:
 
 
 async def _wait_call_ended(daemon: Daemon, call_sid: str, timeout: float = 20.0) -> None:
-    with trio.move_on_after(timeout):
-        while not any(f"[{call_sid}] call ended" in line for line in list(daemon.lines)):
-            if not daemon.alive():
-                return
-            await trio.sleep(0.05)
+    """Until the daemon logs the call's end (its turn lines are all written by then)."""
+    wait = functools.partial(daemon.wait_for, f"[{call_sid}] call ended", timeout)
+    with contextlib.suppress(DaemonError):
+        await trio.to_thread.run_sync(wait, abandon_on_cancel=True)
 
 
 async def one_call(daemon: Daemon, script: list[Said], start_delay: float = 0.0) -> CallOutcome:
     """Place one call through the stand-in and measure it."""
-    from aicallerctl.testcall import Target, Utterance, place_call
+    from aicallerctl.testcall import Utterance, place_call
 
     await trio.sleep(start_delay)
     if not daemon.alive():
         return CallOutcome(None, f"aicallerd is not running (exit status {daemon.proc.poll()})")
-    target = Target(daemon.base_url, daemon.public_url, daemon.auth_token)
+    target = daemon.target()
     utterances = [Utterance(s.line.pcm8, s.line.text, s.barge_in_after) for s in script]
     budget = 60 + sum(s.line.seconds + REPLY_TIMEOUT + QUIET + PAUSE for s in script)
-    flog = fr.FrameLog()
+    flog = fr.RecordingBuffer()
     started = trio.current_time()
     try:
-        with fr.recording(flog), trio.fail_after(budget):
+        with trio.fail_after(budget):
             result = await place_call(
                 target,
                 utterances,
                 reply_timeout=REPLY_TIMEOUT,
                 quiet_seconds=QUIET,
                 pause_before_speaking=PAUSE,
+                buffer_factory=lambda: flog,
             )
     except trio.TooSlowError:
         return CallOutcome(None, f"call did not finish within {budget:.0f}s")
@@ -470,9 +474,9 @@ def report_concurrency(res: dict[str, Any]) -> str:
         outcomes: list[CallOutcome] = level["outcomes"]
         turns = [t for o in outcomes for t in o.turns]
         replies = [t for t in turns if t.v2v_frame_ms is not None]
-        frame = [t.v2v_frame_ms for t in turns]
-        heard = [t.v2v_heard_ms for t in turns]
-        daemon = [t.legs.get("voice_to_voice") for t in turns if t.legs]
+        frame = [t.v2v_frame_ms for t in turns if t.v2v_frame_ms is not None]
+        heard = [t.v2v_heard_ms for t in turns if t.v2v_heard_ms is not None]
+        daemon = [v for t in turns if (v := t.legs.get("voice_to_voice")) is not None]
         leads = [t.timing.lead_min_ms for t in replies if t.timing.lead_min_ms is not None]
         jit = [t.timing.jitter_ms for t in replies if t.timing.jitter_ms is not None]
         gaps = [t.gap_ms for t in replies]
@@ -700,20 +704,16 @@ async def run_modes(daemon: Daemon, args: argparse.Namespace, lines: list[Line])
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_sigterm, nursery.cancel_scope)
-        with fr.instrument_standin() as instrumented:
-            out["frame_timing_recorded"] = instrumented
-            if not instrumented:
-                log("stand-in not instrumented: no frame lead/jitter")
-            if args.conversation:
-                out["conversation"] = await mode_conversation(daemon, lines, args.turns_per_call)
-            if args.concurrency:
-                out["concurrency"] = await mode_concurrency(
-                    daemon, lines, args.concurrency, args.load_turns, args.stagger
-                )
-            if args.barge_in:
-                out["barge_in"] = await mode_barge_in(
-                    daemon, lines, args.barge_calls, args.barge_per_call, args.barge_after
-                )
+        if args.conversation:
+            out["conversation"] = await mode_conversation(daemon, lines, args.turns_per_call)
+        if args.concurrency:
+            out["concurrency"] = await mode_concurrency(
+                daemon, lines, args.concurrency, args.load_turns, args.stagger
+            )
+        if args.barge_in:
+            out["barge_in"] = await mode_barge_in(
+                daemon, lines, args.barge_calls, args.barge_per_call, args.barge_after
+            )
         nursery.cancel_scope.cancel()
     if terminated:
         raise KeyboardInterrupt

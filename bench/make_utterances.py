@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.utterances import RATE, SCRIPT, UTTERANCE_DIR, read_wav8, write_wav8
+from bench.wer import wer
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -96,21 +96,6 @@ def trim(pcm: np.ndarray, frame: int = 80, rel: float = 0.02) -> np.ndarray:
     if not len(loud):
         return pcm
     return pcm[loud[0] * frame : (loud[-1] + 1) * frame]
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate: word-level Levenshtein distance over the reference length."""
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[len(hyp)] / max(1, len(ref))
 
 
 def score(texts: list[str], pcms: list[np.ndarray]) -> list[tuple[str, float]]:

@@ -1,22 +1,13 @@
-"""Numbers to text: percentiles, markdown tables, machine info."""
+"""Numbers to text: markdown tables, machine info, CPU use."""
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-
-def percentile(values: Iterable[float | None], q: float) -> float | None:
-    """Nearest-rank percentile of the non-None values (the daemon's status uses the same)."""
-    ordered = sorted(v for v in values if v is not None)
-    if not ordered:
-        return None
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 def ms(value: float | None, digits: int = 0) -> str:

@@ -30,8 +30,7 @@ import trio
 import trio.testing
 from trio_websocket import CloseReason, ConnectionClosed
 
-from aicallerctl.playout import PlayoutBuffer, Tick
-from aicallerctl.testcall import CallResult, TurnResult, Utterance, _Call
+from aicallerctl.testcall import CallResult, StandInCall, TurnResult, Utterance
 from aicallerd.audio.mulaw import ulaw_decode, ulaw_encode
 from aicallerd.call.metrics import TurnLegs
 from aicallerd.call.session import CallSession
@@ -41,6 +40,7 @@ from aicallerd.engines.llm import LLMError
 from aicallerd.engines.tts import TTSError
 from aicallerd.twilio import media
 from aicallerd.vad import RmsVad
+from bench.frames import RecordingBuffer
 
 SR = 8000
 FRAME_SECONDS = 0.02
@@ -424,53 +424,6 @@ class FakeWebSocket:
         self.link.to_session_send.close()
 
 
-@dataclass
-class Pushed:
-    """One agent frame at the stand-in: when it arrived and when playout reached it."""
-
-    arrived: float
-    offset: int  # byte offset in the audio since the last clear
-    due: float | None = None  # None: cleared before it played
-    first_after_idle: bool = False  # the buffer was empty when it arrived
-
-
-class RecordingBuffer(PlayoutBuffer):
-    """The stand-in's playout buffer, also noting when each frame arrived and was due."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pushes: list[Pushed] = []
-        self.underruns: list[float] = []
-        self._pushed = 0
-        self._played = 0
-        self._waiting: list[Pushed] = []
-
-    def push_audio(self, payload: bytes) -> None:
-        if payload:
-            p = Pushed(trio.current_time(), self._pushed, first_after_idle=self.empty)
-            self.pushes.append(p)
-            self._waiting.append(p)
-            self._pushed += len(payload)
-        super().push_audio(payload)
-
-    def tick(self) -> Tick:
-        before = self.queued_bytes
-        tick = super().tick()
-        played = before - self.queued_bytes
-        now = trio.current_time()
-        while self._waiting and self._waiting[0].offset < self._played + played:
-            self._waiting.pop(0).due = now
-        self._played += played
-        if tick.underrun:
-            self.underruns.append(now)
-        return tick
-
-    def clear(self) -> list[str]:
-        self._waiting.clear()
-        self._played = self._pushed
-        return super().clear()
-
-
 # -- settings and the harness ----------------------------------------------------------------
 
 
@@ -519,7 +472,7 @@ class CallHarness:
     """A live call: the session, the stand-in, the fakes, and what crossed the wire."""
 
     session: CallSession
-    call: _Call
+    call: StandInCall
     link: Link
     ws: FakeWebSocket
     stt: FakeSTT
@@ -698,9 +651,8 @@ async def with_call(
         MemoryTransport(link), call_settings, stt=stt, llm=llm, tts=tts, sink=sink, canned=canned
     )
     ws = FakeWebSocket(link)
-    call = _Call(ws, CallResult(call_sid=CALL_SID), STREAM_SID, ACCOUNT_SID)
-    buffer = call.buffer = RecordingBuffer()
-    h = CallHarness(session, call, link, ws, stt, llm, tts, sink, canned, buffer)
+    call = StandInCall(ws, CallResult(call_sid=CALL_SID), STREAM_SID, ACCOUNT_SID, RecordingBuffer)
+    h = CallHarness(session, call, link, ws, stt, llm, tts, sink, canned, call.buffer)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_run_session, h)
         await call.send(media.connected_event())

@@ -332,6 +332,40 @@ def test_entry_point_subprocess(sock: str) -> None:
     assert (done.returncode, done.stdout, done.stderr) == (0, NEW_SID + "\n", "")
 
 
+STATUS_THEN_MODULES = textwrap.dedent(
+    """
+    import json, sys
+    from aicallerctl.__main__ import main
+
+    code = main(sys.argv[1:])
+    heavy = ("numpy", "trio", "httpx", "trio_websocket", "aicallerctl.testcall")
+    print(json.dumps([code, sorted(m for m in heavy if m in sys.modules)]))
+    """
+)
+
+
+def test_status_starts_without_the_test_call_machinery(sock: str) -> None:
+    """`status` on a small box: no numpy, trio or HTTP stack is loaded for it."""
+    done = subprocess.run(
+        [sys.executable, "-c", STATUS_THEN_MODULES, "--socket", sock, "status"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.stderr == ""
+    *table, last = done.stdout.splitlines()
+    assert table[0].startswith("aicallerd 0.1.0 (pid 4242): ready")
+    assert json.loads(last) == [0, []]
+
+
+def test_test_call_parser_is_there_without_its_machinery(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = ctl(capsys, "test-call", "--config", "/nonexistent")
+    assert (code, err) == (2, "aicallerctl test-call: give at least one --say TEXT or --wav FILE\n")
+
+
 CTL_AS_NOBODY = textwrap.dedent(
     """
     import argparse, sys

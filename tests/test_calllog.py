@@ -1,8 +1,10 @@
+import inspect
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import trio
@@ -245,3 +247,54 @@ def test_sigkill_mid_write_keeps_every_committed_turn(tmp_path):
     assert [t["seq"] for t in turns] == list(range(1, len(turns) + 1))
     assert all(t["text"].endswith(str(t["seq"])) for t in turns)
     assert turns[-1]["legs"] == {"stt": len(turns)}
+
+
+def test_purge_deletes_old_calls_with_their_turns_and_events(tmp_path):
+    path = tmp_path / "calls.sqlite3"
+    with CallLog(path) as log:
+        for sid, started in (("CAold", 100.0), ("CAedge", 200.0), ("CAnew", 300.0)):
+            log.start_call(sid, "in", "+1", "+2", started)
+            log.add_turn(sid, "caller", f"hello from {sid}", False, started + 1)
+            log.update_status(sid, "completed", started + 50)
+        log.update_status("CAstray", "ringing", 150.0)  # a callback for a call never recorded
+        log.update_status("CAlate", "ringing", 250.0)
+
+        assert log.purge(200.0) == ["CAold"]
+
+    with CallLog(path) as log:  # committed: a fresh connection sees it
+        assert [c["sid"] for c in log.recent_calls()] == ["CAnew", "CAedge"]
+        assert log.get_call("CAold") is None
+        assert log.transcript("CAold") == [] and log.events("CAold") == []
+        assert log.events("CAstray") == []
+        assert log.events("CAlate") == [{"at": 250.0, "status": "ringing"}]
+        assert [t["text"] for t in log.transcript("CAedge")] == ["hello from CAedge"]
+        assert log.conn.execute("SELECT count(*) FROM turns").fetchone()[0] == 2
+        assert log.purge(200.0) == []
+
+
+def test_async_log_offers_every_call_log_method_in_a_worker_thread(tmp_path):
+    public = {
+        name
+        for name, value in vars(CallLog).items()
+        if callable(value) and not name.startswith("_")
+    }
+    assert public >= {"start_call", "add_turn", "purge", "transcript", "open", "close"}
+    threads: dict[str, int] = {}
+
+    class Spy(CallLog):
+        def recent_calls(self, limit: int = 20):
+            threads["worker"] = threading.get_ident()
+            return super().recent_calls(limit)
+
+    async def main():
+        log = AsyncCallLog(tmp_path / "calls.sqlite3")
+        log.sync = Spy(log.sync.path)
+        async with log:
+            await log.start_call("CA1", "in", "+1", "+2", 1.0)
+            threads["loop"] = threading.get_ident()
+            return await log.recent_calls(limit=1), await log.purge(older_than=2.0)
+
+    recent, purged = trio.run(main)
+    assert all(inspect.iscoroutinefunction(getattr(AsyncCallLog, name)) for name in public)
+    assert [c["sid"] for c in recent] == ["CA1"] and purged == ["CA1"]
+    assert threads["worker"] != threads["loop"]

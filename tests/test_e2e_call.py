@@ -13,12 +13,13 @@ import httpx
 import numpy as np
 import pytest
 import trio
-from daemon_proc import launch, normalize, target, wer
+from service_util import launch, target
 from speech import speak
 
 from aicallerctl.testcall import Utterance, place_call
 from aicallerd.audio.mulaw import ulaw_decode
 from aicallerd.twilio.signature import compute_signature
+from bench.wer import normalize, wer
 
 pytestmark = pytest.mark.e2e
 

@@ -1,6 +1,5 @@
 """OllamaChat and OpenAIChat against a fake Ollama on a real loopback socket, under trio."""
 
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import aclosing
 from typing import Any
@@ -11,6 +10,7 @@ import trio
 from fakes.ollama_server import DEFAULT_REPLY, FakeOllama, tokens_of
 
 from aicallerd.engines.llm import ChatClient, LLMError, OllamaChat, OpenAIChat
+from bench.daemon import free_port
 
 MESSAGES = [
     {"role": "system", "content": "You are a phone assistant."},
@@ -42,12 +42,6 @@ async def collect(llm: ChatClient, max_tokens: int = 100, temperature: float = 0
         async for delta in deltas:
             out.append(delta)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- Ollama native ----------------------------------------------------------------------

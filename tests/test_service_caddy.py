@@ -19,8 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from daemon_proc import free_port
-from service_util import launch, wer
+from service_util import free_port, launch, wer
 from speech import speak
 
 from aicallerctl.testcall import Target, Utterance, place_call

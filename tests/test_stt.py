@@ -1,26 +1,18 @@
 """Transcriber on real synthetic speech (espeak-ng, or Piper when espeak is missing), 8 kHz."""
 
-import re
 import time
 from collections.abc import Iterator
 
-import jiwer
 import numpy as np
 import pytest
 import trio
 from speech import speak
 
 from aicallerd.engines.stt import STTError, Transcriber, clean_transcript
+from bench.wer import wer
 
 PHRASE = "Hello, I would like to book a table for two people tomorrow evening."
 SHORT = "Can you call me back later today?"
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    def norm(s: str) -> str:
-        return " ".join(re.sub(r"[^a-z0-9' ]", " ", s.lower()).split())
-
-    return jiwer.wer(norm(reference), norm(hypothesis))
 
 
 @pytest.fixture(scope="module")

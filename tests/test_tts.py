@@ -1,14 +1,11 @@
 """PiperTTS for real (round trip through Whisper) and ElevenLabsTTS against a local fake."""
 
 import logging
-import re
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import aclosing
 
 import httpx
-import jiwer
 import numpy as np
 import pytest
 import trio
@@ -17,15 +14,10 @@ from fakes.elevenlabs_server import CHUNK_BYTES, FakeElevenLabs, fake_audio
 from aicallerd.audio.mulaw import ulaw_decode
 from aicallerd.engines.stt import Transcriber
 from aicallerd.engines.tts import ElevenLabsTTS, PiperTTS, Synthesizer, TTSError
+from bench.daemon import free_port
+from bench.wer import wer
 
 TWO_SENTENCES = "Your table for two is booked for seven tonight. Is there anything else I can do?"
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    def norm(s: str) -> str:
-        return " ".join(re.sub(r"[^a-z0-9' ]", " ", s.lower()).split())
-
-    return jiwer.wer(norm(reference), norm(hypothesis))
 
 
 @pytest.fixture(scope="module")
@@ -219,9 +211,7 @@ def test_elevenlabs_warm_checks_key_and_voice(eleven: FakeElevenLabs) -> None:
 
 
 def test_elevenlabs_connection_refused_without_key_in_message() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
 
     async def main() -> None:
         tts = ElevenLabsTTS("sk_secret", "voice123", base_url=f"http://127.0.0.1:{port}")

@@ -10,10 +10,13 @@ import shutil
 import socket
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fakes.upstream import Upstream
+
+from bench.daemon import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "aicallerd.service"
@@ -160,47 +163,6 @@ def test_caddyfile_validates():
     )
     assert result.returncode == 0, result.stderr
     assert "Valid configuration" in result.stdout + result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Upstream(BaseHTTPRequestHandler):
-    """Stands in for aicallerd: echoes the path; upgrades /ai_caller/stream and echoes bytes."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        if self.headers.get("Upgrade", "").lower() == "websocket":
-            self.send_response(101)
-            self.send_header("Upgrade", "websocket")
-            self.send_header("Connection", "Upgrade")
-            self.send_header("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-            self.end_headers()
-            self.wfile.flush()
-            data = self.rfile.read(5)
-            self.wfile.write(b"echo:" + data)
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.reply()
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.reply()
-
-    def reply(self):
-        body = f"upstream {self.command} {self.path}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 def http(port: int, request: bytes) -> bytes:

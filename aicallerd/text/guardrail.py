@@ -31,11 +31,6 @@ TURN_GUARDRAIL = "(Answer naturally in at most 3 short sentences. No lists.)"
 """A short reminder appended to each caller turn: small models obey the last thing they read."""
 
 
-def guard_user_turn(transcript: str) -> str:
-    """The user message sent to the LLM for one caller turn: the transcript plus the reminder."""
-    return f"{transcript.strip()}\n\n{TURN_GUARDRAIL}"
-
-
 # --- cleaning -------------------------------------------------------------------------------
 
 _FENCE = re.compile(r"```[A-Za-z0-9_+-]*")
