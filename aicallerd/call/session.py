@@ -143,6 +143,8 @@ class CallSession:
         self.speculations = {"started": 0, "committed": 0, "discarded": 0}
         self._nursery: trio.Nursery | None = None
         self._closing = False
+        self.ended = trio.Event()  # set when run() has returned
+        self._hang_up_request: tuple[str, str] | None = None
         self._audio_clock_offset = 0.0  # monotonic - audio time, from the latest frame
         self._dropped_frames = 0
 
@@ -207,16 +209,32 @@ class CallSession:
         self.started_mono = trio.current_time()
         self._last_activity = self.started_mono
         self.log.info("call started (stream %s)", self.stream_sid)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await nursery.start(self.player.run)
-            nursery.start_soon(self._listen)
-            nursery.start_soon(self._watchdog)
-            if self.settings.greeting:
-                nursery.start_soon(self._say, self.settings.greeting, "greeting")
-            await self._receive_loop()
-            self._closing = True  # the caller hung up: a turn in flight is cut here
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.player.run)
+                nursery.start_soon(self._listen)
+                nursery.start_soon(self._watchdog)
+                if self._hang_up_request is not None:
+                    nursery.start_soon(self.hang_up, *self._hang_up_request)
+                elif self.settings.greeting:
+                    nursery.start_soon(self._say, self.settings.greeting, "greeting")
+                await self._receive_loop()
+                self._closing = True  # the caller hung up: a turn in flight is cut here
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            self.ended.set()
+
+    def request_hang_up(self, line: str, reason: str) -> None:
+        """TEMPORARY SHIM (the new session replaces it): an operator or the drain asks the
+        call to end; the call's own nursery says ``line`` and closes the stream."""
+        if self.ended.is_set() or self._closing:
+            return
+        if self._nursery is None:
+            self._hang_up_request = (line, reason)
+        else:
+            self._nursery.start_soon(self.hang_up, line, reason)
 
     async def _receive_loop(self) -> None:
         async with self._audio_send:
