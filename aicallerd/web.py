@@ -1,13 +1,16 @@
 """The Twilio-facing HTTP and WebSocket endpoints (quart-trio on hypercorn).
 
-Only this module knows about Quart. It checks who is calling (Twilio signature, stream
-token, bearer token), then hands the work to the daemon and stays out of the way:
+Only this module knows about Quart. It checks who is calling (Twilio signature, CallSid
+shape, bearer token), then hands the work to the call service (`aicallerd.ports.Calls`) and
+stays out of the way:
 
 - ``POST /voice``: a call is ringing (inbound, or one we placed: ``?call=<nonce>``); answer
   with ``<Connect><Stream>`` and a per-call token, or the busy message.
 - ``POST /status``: Twilio's call progress callbacks, into the call log.
 - ``POST /call/<contact>``: the HTTP call trigger (``Authorization: Bearer``).
-- ``WS <stream_path>``: the Media Stream; becomes a CallSession.
+- ``WS <stream_path>``: the Media Stream (signed upgrade only); becomes a call.
+
+Anything from the network that reaches a log line goes through `shown` (repr, truncated).
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ import ipaddress
 import json
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.datastructures import MultiDict
 
-from aicallerd.call.registry import CallInfo
+from aicallerd.call.registry import valid_call_sid
 from aicallerd.control.protocol import (
     E_BUSY,
     E_INVALID_NUMBER,
@@ -37,11 +40,11 @@ from aicallerd.control.protocol import (
 )
 from aicallerd.logs import call_logger
 from aicallerd.outbound import NONCE_PARAM
+from aicallerd.ports import Calls
+from aicallerd.shown import plain, shown
+from aicallerd.throttle import FailureThrottle, address_key
 from aicallerd.twilio import twiml
 from aicallerd.twilio.signature import validate_signature
-
-if TYPE_CHECKING:
-    from aicallerd.daemon import Daemon
 
 log = logging.getLogger("aicallerd.web")
 
@@ -108,117 +111,106 @@ def _json(obj: dict[str, Any], status: int) -> Response:
     return Response(json.dumps(obj), status=status, content_type="application/json")
 
 
-def create_app(daemon: Daemon) -> QuartTrio:
+def handshake_limit(max_calls: int) -> int:
+    """Sockets that may be open without a verified ``start`` yet: a few per line, so a
+    flood of idle upgrades cannot hold the event loop's file descriptors."""
+    return max_calls * 2 + 8
+
+
+def create_app(calls: Calls) -> QuartTrio:
     app = QuartTrio("aicallerd")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
+    throttle = FailureThrottle()
+    handshakes = trio.CapacityLimiter(handshake_limit(calls.config.server.max_concurrent_calls))
 
-    async def signed_form() -> MultiDict | None:
-        """The webhook's form if Twilio signed it for our public URL; None (logged) if not."""
-        cfg = daemon.config
+    async def signed_form() -> MultiDict | Response:
+        """The webhook's form if Twilio signed it for our public URL and its CallSid is
+        well-formed; else the refusal (logged)."""
+        cfg = calls.config
         form = await request.form
+        call_sid = form.get("CallSid", "")
+        if not valid_call_sid(call_sid):
+            log.warning(
+                "POST %s from %s refused: bad CallSid %s",
+                request.path,
+                request.remote_addr,
+                shown(call_sid, 60),
+            )
+            return _text("missing or malformed CallSid", 400)
         params = {k: form.getlist(k) for k in form}
         url = _public_url(cfg.server.public_url)
         signature = request.headers.get("X-Twilio-Signature", "")
         if validate_signature(cfg.twilio.auth_token, url, params, signature):
             return form
-        logger = call_logger(form.get("CallSid", ""), "aicallerd.web")
-        logger.warning(
+        call_logger(call_sid, "aicallerd.web").warning(
             "POST %s from %s refused: %s X-Twilio-Signature for %s",
             request.path,
             request.remote_addr,
             "bad" if signature else "no",
-            url,
+            plain(url, 160),
         )
-        return None
+        return _text("invalid signature", 403)
 
     @app.post("/voice")
     async def voice() -> Response:
         form = await signed_form()
-        if form is None:
-            return _text("invalid signature", 403)
-        call_sid = form.get("CallSid", "")
-        if not call_sid:
-            return _text("missing CallSid", 400)
-        clog = call_logger(call_sid, "aicallerd.web")
-        cfg = daemon.config
-        if not daemon.accepting:
-            clog.warning(
-                "call refused: aicallerd is %s; the caller hears the busy message",
-                "shutting down" if daemon.registry.draining else "still starting",
-            )
-            return Response(twiml.say_hangup(cfg.call.busy_message), content_type=XML)
-        nonce = request.args.get(NONCE_PARAM, "")
-        info = daemon.registry.take_outbound(nonce, call_sid) if nonce else None
-        reserved = info is not None
-        if info is None:
-            outbound = form.get("Direction", "").startswith("outbound")
-            if nonce:
-                clog.warning("answered outbound call we did not place (or before a restart)")
-            info = CallInfo(
-                call_sid=call_sid,
-                direction="outbound" if outbound else "inbound",
-                from_number=form.get("From", ""),
-                to_number=form.get("To", ""),
-            )
-        token = daemon.registry.offer(info, trio.current_time(), reserved=reserved)
-        if token is None:
-            clog.warning(
-                "busy: %d lines in use, the caller is told to try later",
-                daemon.registry.in_use(trio.current_time()),
-            )
-            return Response(twiml.say_hangup(cfg.call.busy_message), content_type=XML)
-        clog.info(
-            "%s call %s %s%s: stream offered",
-            info.direction,
-            "from" if info.direction == "inbound" else "to",
-            info.peer,
-            f" ({info.contact})" if info.contact else "",
-        )
-        return Response(twiml.connect_stream(cfg.stream_url, {"token": token}), content_type=XML)
+        if isinstance(form, Response):
+            return form
+        call_sid = form["CallSid"]
+        offer = calls.offer(call_sid, request.args.get(NONCE_PARAM, ""), form)
+        if offer.refusal == "known":
+            return _text("this call is already known", 409)
+        if offer.token is None:
+            busy = calls.config.call.busy_message
+            return Response(twiml.say_hangup(busy), content_type=XML)
+        stream = twiml.connect_stream(calls.config.stream_url, {"token": offer.token})
+        return Response(stream, content_type=XML)
 
     @app.post("/status")
     async def status() -> Response:
         form = await signed_form()
-        if form is None:
-            return _text("invalid signature", 403)
-        call_sid, call_status = form.get("CallSid", ""), form.get("CallStatus", "")
-        if not call_sid or not call_status:
-            return _text("missing CallSid or CallStatus", 400)
-        await daemon.record_status(call_sid, call_status, form.get("CallDuration"))
+        if isinstance(form, Response):
+            return form
+        call_sid, call_status = form["CallSid"], form.get("CallStatus", "")
+        if not call_status:
+            return _text("missing CallStatus", 400)
+        await calls.record_status(call_sid, call_status, form.get("CallDuration"))
         return Response("", status=204)
 
     @app.post("/call/<name>")
     async def trigger(name: str) -> Response:
-        cfg = daemon.config
+        cfg = calls.config
         token = cfg.twilio.call_trigger_token
         if not token:
             return _text("not found", 404)  # the trigger is off: nothing to see here
         addr = client_address(request.remote_addr or "", request.headers.get("X-Forwarded-For", ""))
+        key = address_key(addr)
         now = trio.current_time()
-        wait = daemon.throttle.retry_after(addr, now)
+        wait = throttle.retry_after(key, now)
         if wait > 0:
             return _text("too many failed attempts", 429, **{"Retry-After": str(math.ceil(wait))})
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), token.encode()
         ):
-            locked = daemon.throttle.failure(addr, now)
+            locked = throttle.failure(key, now)
             log.warning(
                 "POST /call/%s from %s refused: %s bearer token%s",
-                name[:40],
-                addr,
+                plain(name, 40),
+                key,
                 "wrong" if given.strip() else "no",
-                f" ({daemon.throttle.failures(addr, now)} failures, locked out for {locked:.0f}s)"
+                f" ({throttle.failures(key, now)} failures, locked out for {locked:.0f}s)"
                 if locked
                 else "",
             )
             return _text("unauthorized", 401, **{"WWW-Authenticate": 'Bearer realm="aicaller"'})
-        daemon.throttle.success(addr)
+        throttle.success(key)
         if cfg.contact(name) is None:
-            return _json({"error": "unknown_contact", "message": f"unknown contact {name!r}"}, 404)
+            message = f"unknown contact {shown(name, 60)}"
+            return _json({"error": "unknown_contact", "message": message}, 404)
         prompt = await _prompt_from_body()
         try:
-            info, created = await daemon.place_call(name, prompt)
+            info, created = await calls.place_call(name, prompt)
         except ControlError as exc:
             return _json({"error": exc.code, "message": exc.message}, _HTTP_FOR.get(exc.code, 500))
         body = {"sid": created.sid, "status": created.status, "to": info.to_number}
@@ -226,22 +218,44 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     @app.get("/health")
     async def health() -> Response:
-        ok = daemon.ready.is_set()
+        ok = calls.ready
         return _text("ok" if ok else "starting", 200 if ok else 503)
 
-    @app.websocket(daemon.config.server.stream_path)
+    @app.websocket(calls.config.server.stream_path)
     async def stream() -> Response | None:
-        cfg = daemon.config
-        signature = websocket.headers.get("X-Twilio-Signature")
-        if signature is not None and not validate_signature(
-            cfg.twilio.auth_token, cfg.stream_url, {}, signature
-        ):
+        cfg = calls.config
+        signature = websocket.headers.get("X-Twilio-Signature", "")
+        if not validate_signature(cfg.twilio.auth_token, cfg.stream_url, {}, signature):
             log.warning(
-                "stream upgrade from %s refused: bad x-twilio-signature", websocket.remote_addr
+                "stream upgrade from %s refused: %s x-twilio-signature",
+                websocket.remote_addr,
+                "bad" if signature else "no",
             )
             return Response("invalid signature\n", status=403)
-        await websocket.accept()
-        await daemon.run_stream(_QuartTransport())
+        transport = _QuartTransport()
+        handshakes.total_tokens = handshake_limit(cfg.server.max_concurrent_calls)
+        try:
+            handshakes.acquire_on_behalf_of_nowait(transport)
+        except trio.WouldBlock:
+            log.warning(
+                "stream upgrade from %s refused: %d sockets still to send start",
+                websocket.remote_addr,
+                handshakes.borrowed_tokens,
+            )
+            return Response("too many streams starting\n", status=503)
+        held = True
+
+        def started() -> None:
+            nonlocal held
+            if held:
+                held = False
+                handshakes.release_on_behalf_of(transport)
+
+        try:
+            await websocket.accept()
+            await calls.run_stream(transport, started)
+        finally:
+            started()
         return None
 
     return app

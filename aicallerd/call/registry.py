@@ -15,10 +15,21 @@ Time is passed in (trio's clock in the daemon), so all of this is testable witho
 
 from __future__ import annotations
 
+import re
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from aicallerd.twilio.tokens import StreamTokens
+
+_CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
+REMEMBER_ENDED = 10_000  # ended calls whose SID is still refused: bounded memory
+
+
+def valid_call_sid(value: str) -> bool:
+    """Twilio's call SID shape, checked before a SID from the network is used anywhere
+    (log prefix, registry key, call log): a forged one could inject journal lines."""
+    return _CALL_SID.fullmatch(value) is not None
 
 
 @dataclass
@@ -59,6 +70,7 @@ class CallRegistry:
         self.dialing: dict[str, CallInfo] = {}  # nonce -> outbound call not yet answered
         self.pending: dict[str, CallInfo] = {}  # call SID -> TwiML handed out, no stream yet
         self.active: dict[str, CallInfo] = {}  # call SID -> live stream
+        self._ended: OrderedDict[str, None] = OrderedDict()  # SIDs whose call is over
         self.draining = False
         self.totals = {
             "offered": 0,
@@ -126,16 +138,33 @@ class CallRegistry:
         for nonce, info in list(self.dialing.items()):
             if info.call_sid == call_sid:
                 del self.dialing[nonce]
+                self._remember_ended(call_sid)
                 return info
-        return self.pending.pop(call_sid, None)
+        info = self.pending.pop(call_sid, None)
+        if info is not None:
+            self._remember_ended(call_sid)
+        return info
+
+    def _remember_ended(self, call_sid: str) -> None:
+        self._ended[call_sid] = None
+        self._ended.move_to_end(call_sid)
+        while len(self._ended) > REMEMBER_ENDED:
+            self._ended.popitem(last=False)
+
+    def is_known(self, call_sid: str) -> bool:
+        """Live or over: a new ``/voice`` for it is a replay, never a new call."""
+        return call_sid in self.active or call_sid in self._ended
 
     # -- streams --------------------------------------------------------------------------
 
     def offer(self, info: CallInfo, now: float, *, reserved: bool = False) -> str | None:
         """Reserve a line for a call and return its stream token, or None when full.
 
-        ``reserved``: the call already holds a line (an outbound call we dialled).
+        ``reserved``: the call already holds a line (an outbound call we dialled). A call
+        that is live or over gets None too: a replayed webhook must not take its slot.
         """
+        if self.is_known(info.call_sid):
+            return None
         existing = self.pending.get(info.call_sid)
         if existing is not None:
             # Twilio retried the webhook: a fresh token for the same reservation.
@@ -163,7 +192,10 @@ class CallRegistry:
         return info
 
     def finish(self, call_sid: str) -> CallInfo | None:
-        return self.active.pop(call_sid, None)
+        info = self.active.pop(call_sid, None)
+        if info is not None:
+            self._remember_ended(call_sid)
+        return info
 
     # -- looking things up ----------------------------------------------------------------
 

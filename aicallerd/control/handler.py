@@ -1,7 +1,8 @@
 """The daemon's side of the control protocol: what each aicallerctl command does.
 
-Thin on purpose: each command reads the registry, the call log or the engines, or asks the
-daemon to act (place a call, hang up, reload); the shapes are docs/control-protocol.md's.
+Thin on purpose: each command reads the call service or the daemon's state, or asks one of
+them to act (place a call, hang up, reload); the shapes are docs/control-protocol.md's. Both
+are reached through `aicallerd.ports`, never through the daemon module.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -17,7 +18,6 @@ from aicallerd.config import ConfigError
 from aicallerd.control.protocol import (
     E_NO_SUCH_CALL,
     E_RELOAD_FAILED,
-    ActiveCall,
     CallPlaced,
     ControlError,
     HungUp,
@@ -25,9 +25,7 @@ from aicallerd.control.protocol import (
     StatusResult,
     TranscriptResult,
 )
-
-if TYPE_CHECKING:
-    from aicallerd.daemon import Daemon
+from aicallerd.ports import Calls, Supervisor
 
 
 def _version() -> str:
@@ -38,43 +36,31 @@ def _version() -> str:
 
 
 class DaemonControl:
-    """`ControlHandler` backed by the running `Daemon`."""
+    """`ControlHandler` backed by the call service and the daemon."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, calls: Calls, supervisor: Supervisor) -> None:
+        self.service = calls
+        self.supervisor = supervisor
         self.version = _version()
 
     async def status(self) -> StatusResult:
-        d = self.daemon
-        now = trio.current_time()
-        calls: list[ActiveCall] = [
-            {
-                "sid": info.call_sid,
-                "direction": info.direction,
-                "peer": info.peer,
-                "contact": info.contact,
-                "duration_s": round(now - info.started_at, 1) if info.started_at else 0.0,
-                "turns": info.turns,
-                "state": "active" if state == "active" else "pending",
-            }
-            for info, state in d.registry.all_calls(now)
-        ]
+        s, c = self.supervisor, self.service
         return {
             "version": self.version,
             "pid": os.getpid(),
-            "uptime_s": round(d.uptime(), 1),
-            "ready": d.ready.is_set(),
-            "draining": d.registry.draining,
-            "config": d.config_path,
-            "engines": d.engine_status(),
-            "calls": calls,
-            "max_calls": d.registry.max_calls,
-            "totals": dict(d.registry.totals),
-            "latency": d.latency.stats(),  # type: ignore[typeddict-item]
+            "uptime_s": round(s.uptime(), 1),
+            "ready": s.ready,
+            "draining": s.draining,
+            "config": s.config_path,
+            "engines": s.engine_status(),
+            "calls": c.calls(trio.current_time()),
+            "max_calls": c.max_calls,
+            "totals": c.totals(),  # type: ignore[typeddict-item]
+            "latency": c.latency(),  # type: ignore[typeddict-item]
         }
 
     async def call(self, target: str, prompt: str | None) -> CallPlaced:
-        info, created = await self.daemon.place_call(target, prompt)
+        info, created = await self.service.place_call(target, prompt)
         return {
             "sid": created.sid,
             "status": created.status,
@@ -83,10 +69,10 @@ class DaemonControl:
         }
 
     async def calls(self, limit: int) -> list[Mapping[str, Any]]:
-        return await self.daemon.calllog.recent_calls(limit)
+        return await self.service.history.recent_calls(limit)
 
     async def transcript(self, sid: str) -> TranscriptResult:
-        log = self.daemon.calllog
+        log = self.service.history
         call = await log.get_call(sid)
         if call is None:
             raise ControlError(E_NO_SUCH_CALL, f"no call {sid} in the call log")
@@ -95,16 +81,16 @@ class DaemonControl:
         return {"call": call, "turns": turns, "events": await log.events(sid)}  # type: ignore[typeddict-item]
 
     async def hangup(self, sid: str) -> HungUp:
-        status = await self.daemon.hang_up(sid)
+        status = await self.service.hang_up(sid)
         if status is None:
             raise ControlError(E_NO_SUCH_CALL, f"no call {sid} in progress")
         return {"sid": sid, "status": status}
 
     async def reload(self) -> Reloaded:
         try:
-            message = await self.daemon.reload()
+            message = await self.supervisor.reload()
         except ConfigError as exc:
             raise ControlError(
                 E_RELOAD_FAILED, f"{exc} (the running configuration is unchanged)"
             ) from None
-        return {"config": self.daemon.config_path, "message": message}
+        return {"config": self.supervisor.config_path, "message": message}
