@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:
+        config_error = _find(exc, ConfigError)
+        if config_error is not None:  # e.g. an empty or unreadable auth token: fail closed
+            logging.getLogger("aicallerd").error("config error: %s", config_error)
+            return EX_CONFIG
         error = _find(exc, StartupError)
         if error is None:
             raise

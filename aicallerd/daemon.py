@@ -37,6 +37,7 @@ from aicallerd.engines.loader import Engines, load_engines
 from aicallerd.logs import add_secrets, setup_logging
 from aicallerd.notify import Notifier, watchdog_interval, watchdog_loop
 from aicallerd.reload import merge_reloadable, secrets_of
+from aicallerd.retention import purge_expired
 from aicallerd.service import SHUTDOWN_LINE, CallService
 from aicallerd.web import create_app
 
@@ -44,6 +45,7 @@ log = logging.getLogger("aicallerd")
 
 DRAIN_GOODBYE_SECONDS = 15.0  # after the grace period: time for every call's goodbye
 MAX_WS_MESSAGE = 64 * 1024  # Twilio's messages are ~1 KB; hypercorn's default is 16 MiB
+RETENTION_INTERVAL = 3600.0  # seconds between purges of expired calls
 
 
 class StartupError(Exception):
@@ -207,6 +209,7 @@ class Daemon:
                 if interval is not None:
                     await root.start(watchdog_loop, self.notifier, interval)
                 await root.start(service.run)
+                root.start_soon(self._retention_loop)
                 self.notifier.status(self._status_text())
                 sock = self._listen_socket()
                 http_stop = trio.Event()
@@ -239,6 +242,22 @@ class Daemon:
                 await self.calllog.close()
                 self.notifier.close()
         log.info("stopped")
+
+    async def _retention_loop(self) -> None:
+        """Delete calls, transcripts and audio older than [storage] retention_days, at start
+        and hourly; the current config is read each time, so a reload takes effect."""
+        while True:
+            cfg = self.config
+            try:
+                await purge_expired(
+                    self.calllog,
+                    Path(cfg.storage.state_dir),
+                    cfg.storage.retention_days,
+                    time.time(),
+                )
+            except Exception as exc:
+                log.error("retention: could not delete old calls: %s", exc)
+            await trio.sleep(RETENTION_INTERVAL)
 
     async def _open_calllog(self) -> None:
         path = self.calllog.sync.path
