@@ -376,20 +376,21 @@ class CallSession:
         reply = run.reply
         audio = reply.played_audio(self.player) if action.interrupted else reply.audio
         audio_path = self._store_audio(action.turn, audio)
-        sid = self.call_sid
-        self.log.info(
-            "turn %d: caller=%r agent=%r%s | %s",
-            action.turn,
-            action.caller_text,
-            action.agent_text,
-            " [interrupted]" if action.interrupted else "",
-            run.legs.summary(),
-        )
+        sid, log = self.call_sid, self.log
 
         async def write() -> None:
             await self.sink.caller_turn(sid, action.caller_text, action.caller_started)
             await self.sink.agent_turn(
                 sid, action.agent_text, action.interrupted, run.speech_end, run.legs, audio_path
+            )
+            # Logged once it is in the call log: the journal never shows a turn the log lacks.
+            log.info(
+                "turn %d: caller=%r agent=%r%s | %s",
+                action.turn,
+                action.caller_text,
+                action.agent_text,
+                " [interrupted]" if action.interrupted else "",
+                run.legs.summary(),
             )
 
         self._queue_record(write)
