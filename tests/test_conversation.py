@@ -243,8 +243,12 @@ def test_speculation_is_discarded_when_the_caller_goes_on() -> None:
     resumed = call.speak(0.6)
     assert acts(resumed) == [CancelReply(1, "discarded")]
     assert resumed[0][0] == pytest.approx(1.36 + 0.04)  # confirmed after 40 ms of speech
-    second = job_of(call.silence(0.3))
-    (start,) = call.transcribed(second, "how are you")
+    pause = call.silence(0.3)
+    (whole,) = only(acts(pause), Transcribe)
+    # The whole phrase is transcribed again, both stretches of speech, as one utterance.
+    assert len(whole.pcm) / SR == pytest.approx(1.0 + 0.1 + 0.2 + 0.6 + 0.1, abs=0.03)
+    assert call.transcribed(first, "hello there") == []  # a stale transcript changes nothing
+    (start,) = call.transcribed(whole.job, "hello there how are you")
     assert start.turn == 2 and start.messages[-1] == user("hello there how are you")
     (commit,) = acts(call.silence(0.3))
     assert commit == CommitReply(2, speech_end=pytest.approx(1.96), decided=pytest.approx(2.56))

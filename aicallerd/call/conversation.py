@@ -64,16 +64,14 @@ _EPS = 1e-6  # speech time is summed frame by frame: allow for float error at th
 
 @dataclass(eq=False)
 class _Phrase:
-    """One caller utterance; chunk transcripts come back out of band, in any order."""
+    """One caller utterance, transcribed whole at each pause (see :meth:`Conversation._heard`)."""
 
     id: int
     started: float
-    texts: dict[int, str] = field(default_factory=dict)
+    chunks: list[np.ndarray] = field(default_factory=list)  # the endpointer's cuts, in order
     pending: set[int] = field(default_factory=set)  # transcription jobs still out
-    chunks_seen: int = 0
-    provisional: int | None = None  # the chunk index held back at a Pause, transcribed early
-    provisional_job: int | None = None
-    provisional_text: str | None = None
+    version: int = 0  # bumped when the caller goes on after a pause: older transcripts are stale
+    heard: str | None = None  # the transcript of everything said up to the last pause
     speech_seconds: float = 0.0
     audio: list[np.ndarray] = field(default_factory=list)  # kept only for word checks
     check_job: int | None = None
@@ -85,10 +83,7 @@ class _Phrase:
     decided: float = 0.0
 
     def text(self) -> str:
-        texts = dict(self.texts)
-        if self.provisional is not None and self.provisional_text is not None:
-            texts.setdefault(self.provisional, self.provisional_text)
-        return " ".join(t for _, t in sorted(texts.items()) if t).strip()
+        return (self.heard or "").strip()
 
 
 @dataclass(eq=False)
@@ -108,7 +103,7 @@ class _Turn:
 @dataclass
 class _Job:
     phrase: _Phrase
-    kind: str  # "chunk" | "provisional" | "check" | "stale"
+    kind: str  # "phrase" | "check" | "stale"
     index: int = 0
 
 
@@ -192,12 +187,10 @@ class Conversation:
             if self._phrase is phrase:
                 self._decide_interruption(phrase, out, heard=text)
             return out
-        if found.kind == "chunk":
-            phrase.texts[found.index] = text
-        elif found.kind == "provisional":
-            phrase.provisional_text = text
-        if found.kind != "stale" and not phrase.pending:
-            self._text_ready(phrase, out)
+        if found.kind == "phrase" and found.index == phrase.version:
+            phrase.heard = text
+            if not phrase.pending:
+                self._text_ready(phrase, out)
         return out
 
     def reply_done(self, turn_number: int, outcome: ReplyOutcome, now: float) -> list[Action]:
@@ -296,31 +289,16 @@ class Conversation:
         if phrase is None or phrase.id != ev.phrase_id:
             return
         if isinstance(ev, ChunkReady):
-            phrase.chunks_seen += 1
-            if phrase.provisional == ev.index and phrase.provisional_job is not None:
-                # Transcribed already for the speculation, from the same audio: adopt it.
-                job = self._jobs.get(phrase.provisional_job)
-                if job is not None:
-                    job.kind, job.index = "chunk", ev.index
-                else:
-                    phrase.texts[ev.index] = phrase.provisional_text or ""
-                phrase.provisional = phrase.provisional_job = phrase.provisional_text = None
-                return
-            self._transcribe(phrase, "chunk", ev.pcm8, out, index=ev.index)
+            phrase.chunks.append(ev.pcm8)
         elif isinstance(ev, Pause):
+            self._heard(phrase, ev.pending_pcm8, out)
             if self.settings.speculative and self._turn is None and not self.closing:
-                if ev.pending_pcm8 is not None:
-                    phrase.provisional = phrase.chunks_seen
-                    phrase.provisional_text = None
-                    phrase.provisional_job = self._transcribe(
-                        phrase, "provisional", ev.pending_pcm8, out
-                    )
                 self.speculations["started"] += 1
                 self._turn = self._new_turn(phrase, speculative=True)
                 if not phrase.pending:
                     self._text_ready(phrase, out)
         elif isinstance(ev, Resume):
-            self._drop_provisional(phrase)
+            self._went_on(phrase)
             turn = self._turn
             if turn is not None and turn.phrase is phrase and not turn.committed:
                 if turn.started:
@@ -331,6 +309,8 @@ class Conversation:
                 self.speculations["discarded"] += 1
         elif isinstance(ev, PhraseEnd):
             self._phrase = None
+            if phrase.heard is None and not phrase.pending:
+                self._heard(phrase, None, out)  # not transcribed at a pause (cannot happen today)
             phrase.ended = True
             phrase.speech_end = self._mono(ev.speech_end_t)
             phrase.decided = self._mono(frame_end)
@@ -356,14 +336,30 @@ class Conversation:
         out.append(Transcribe(job, pcm))
         return job
 
-    def _drop_provisional(self, phrase: _Phrase) -> None:
-        """The caller went on: the held-back chunk will grow, its early transcript is stale."""
-        if phrase.provisional_job is not None:
-            job = self._jobs.get(phrase.provisional_job)
+    def _heard(self, phrase: _Phrase, held: np.ndarray | None, out: list[Action]) -> None:
+        """Transcribe the whole phrase so far, once per pause.
+
+        One call costs Whisper the same whatever the length (it pads to a 30 s window), so
+        the phrase is transcribed whole rather than chunk by chunk: as accurate as
+        whole-utterance transcription, and the result is ready by the end of the turn
+        because it starts at the first short pause. ``held`` is the short stretch the
+        endpointer has not cut into a chunk yet.
+        """
+        parts = [*phrase.chunks, held] if held is not None else phrase.chunks
+        if not parts:
+            phrase.heard = ""
+            return
+        self._transcribe(phrase, "phrase", np.concatenate(parts), out, index=phrase.version)
+
+    def _went_on(self, phrase: _Phrase) -> None:
+        """The caller went on after a pause: what was transcribed there is now partial."""
+        phrase.version += 1
+        phrase.heard = None
+        for job_id in list(phrase.pending):
+            job = self._jobs.get(job_id)
             if job is not None:
                 job.kind = "stale"
-                phrase.pending.discard(phrase.provisional_job)
-        phrase.provisional = phrase.provisional_job = phrase.provisional_text = None
+            phrase.pending.discard(job_id)
 
     def _text_ready(self, phrase: _Phrase, out: list[Action]) -> None:
         """Every transcription of ``phrase`` so far is in."""
