@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # the same way systemd hands the daemon STATE_DIRECTORY and RUNTIME_DIRECTORY.
 RUNDIR := $(CURDIR)/.run
 
-.PHONY: install run call test lint bench system-deps clean
+.PHONY: install run call test lint bench bench-load bench-bargein bench-all bench-idle system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-bargein: $(STAMP) system-deps
 
 bench-all: $(STAMP) system-deps
 	$(BIN)/python -m bench.latency --conversation --concurrency 1,2,4,8 --barge-in $(ARGS)
+
+# 200 silent callers (digital silence, then -60 dBFS hiss) held while one caller talks.
+bench-idle: $(STAMP) system-deps
+	$(BIN)/python -m bench.idle $(ARGS)
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache

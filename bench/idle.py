@@ -1,0 +1,268 @@
+"""Idle-call benchmark: many silent callers held while one caller talks.
+
+    make bench-idle                         # 200 idle calls, digital silence and -60 dBFS hiss
+    .venv/bin/python -m bench.idle --idle 50 --hold 30 --line silence
+
+Each idle call is a real Media Stream (signed ``/voice``, TwiML token, signed upgrade,
+``connected``/``start``) that then sends a 20 ms frame of silence or line hiss every 20 ms
+and drains what the daemon sends. With them held, one speaking call (the conversation
+script) runs through the stand-in; its voice-to-voice latency and dead air are compared
+with the same call placed alone. The daemon's resident memory per idle call and its CPU
+while holding them are printed too. Only loopback traffic; every level is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from aicallerctl.testcall import Target, _stream_target, new_sid
+from aicallerd.audio.mulaw import ulaw_encode
+from aicallerd.call.metrics import percentile
+from aicallerd.twilio import media
+from aicallerd.twilio.signature import compute_signature
+from bench.daemon import Daemon, running_daemon
+from bench.latency import Said, one_call
+from bench.report import CpuMeter, machine_info, machine_line, ms, table
+from bench.utterances import load_script
+
+FRAME = 160
+SETTLE = 12.0  # let every idle call's greeting play out before measuring
+
+
+def log(msg: str) -> None:
+    print(f"[idle {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def line_frames(kind: str, n: int = 50) -> list[bytes]:
+    """Frames an idle caller sends: digital silence, or hiss at about -60 dBFS."""
+    if kind == "silence":
+        return [b"\xff" * FRAME]
+    rng = np.random.default_rng(11)
+    return [ulaw_encode((rng.normal(0, 33, FRAME)).astype(np.int16)) for _ in range(n)]
+
+
+class IdleCall:
+    """One silent caller: its stream, and its next frame number."""
+
+    def __init__(self, ws: Any, stream_sid: str) -> None:
+        self.ws = ws
+        self.stream_sid = stream_sid
+        self.seq = 1
+        self.closed = False
+
+    async def drain(self) -> None:
+        try:
+            while True:
+                await self.ws.get_message()
+        except ConnectionClosed:
+            self.closed = True
+
+
+async def open_idle(target: Target, nursery: trio.Nursery) -> IdleCall | None:
+    """Ring the daemon like Twilio and open the stream; None if it refused."""
+    call_sid, account_sid, stream_sid = new_sid("CA"), new_sid("AC"), new_sid("MZ")
+    form = {
+        "AccountSid": account_sid,
+        "CallSid": call_sid,
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "From": "+15550003333",
+        "To": "+15550002222",
+    }
+    url = target.public_url + "/voice"
+    async with httpx.AsyncClient(timeout=30) as client:
+        resp = await client.post(
+            target.connect + "/voice",
+            data=form,
+            headers={"X-Twilio-Signature": compute_signature(target.auth_token, url, form)},
+        )
+    parsed = _stream_target(resp.text)
+    if isinstance(parsed, str):
+        return None
+    stream_url, params = parsed
+    path = stream_url.split("://", 1)[1].split("/", 1)[1]
+    ws_url = target.connect.replace("http://", "ws://") + "/" + path
+    signature = compute_signature(target.auth_token, stream_url, {})
+    ready = trio.Event()
+    holder: list[IdleCall] = []
+
+    async def hold() -> None:
+        async with open_websocket_url(
+            ws_url, extra_headers=[(b"x-twilio-signature", signature.encode())]
+        ) as ws:
+            await ws.send_message(media.connected_event())
+            await ws.send_message(media.start_event(1, stream_sid, call_sid, account_sid, params))
+            call = IdleCall(ws, stream_sid)
+            holder.append(call)
+            ready.set()
+            await call.drain()
+
+    nursery.start_soon(hold)
+    await ready.wait()
+    return holder[0]
+
+
+async def pace(calls: list[IdleCall], frames: list[bytes], stop: trio.Event) -> None:
+    """Every 20 ms, one frame to every idle call, against absolute deadlines."""
+    payloads = [base64.b64encode(f).decode() for f in frames]
+    t0 = trio.current_time()
+    n = 0
+    while not stop.is_set():
+        n += 1
+        ms_ = n * 20
+        for call in calls:
+            if call.closed:
+                continue
+            call.seq += 1
+            raw = (
+                f'{{"event":"media","sequenceNumber":"{call.seq}","streamSid":"{call.stream_sid}",'
+                f'"media":{{"track":"inbound","chunk":"{n}","timestamp":"{ms_}",'
+                f'"payload":"{payloads[n % len(payloads)]}"}}}}'
+            )
+            try:
+                await call.ws.send_message(raw)
+            except ConnectionClosed:
+                call.closed = True
+        await trio.sleep_until(t0 + n * 0.02)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_cell(cpu: dict[str, Any]) -> str:
+    return f"{cpu.get('daemon_pct') or 0:.0f} % (bench {cpu.get('bench_pct') or 0:.0f} %)"
+
+
+def summarise(outcome: Any) -> dict[str, Any]:
+    v2v = [t.v2v_frame_ms for t in outcome.turns if t.v2v_frame_ms is not None]
+    return {
+        "p50": percentile(v2v, 50),
+        "p95": percentile(v2v, 95),
+        "turns": len(v2v),
+        "starved_ms": sum(t.timing.starved_ms or 0 for t in outcome.turns),
+        "error": outcome.error,
+    }
+
+
+async def run_level(daemon: Daemon, script: list[Said], idle: int, line: str, hold: float) -> dict:
+    target = daemon.target()
+    rss0 = rss_mb(daemon.proc.pid)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        calls: list[IdleCall] = []
+        for i in range(idle):
+            call = await open_idle(target, nursery)
+            if call is not None:
+                calls.append(call)
+            if i % 50 == 49:
+                log(f"{len(calls)} idle calls open")
+        nursery.start_soon(pace, calls, line_frames(line), stop)
+        await trio.sleep(SETTLE)
+        rss1 = rss_mb(daemon.proc.pid)
+        meter = CpuMeter(daemon.proc.pid)
+        meter.start()
+        started = trio.current_time()
+        log(f"holding {len(calls)} idle calls ({line}); one caller talks")
+        talking = await one_call(daemon, script)
+        left = hold - (trio.current_time() - started)
+        if left > 0:
+            await trio.sleep(left)
+        cpu = meter.stop()
+        still_open = sum(not c.closed for c in calls)
+        stop.set()
+        for c in calls:
+            await c.ws.aclose()
+        nursery.cancel_scope.cancel()
+    return {
+        "idle": len(calls),
+        "line": line,
+        "held": still_open,
+        "mb_per_idle_call": (rss1 - rss0) / max(1, len(calls)),
+        "cpu": cpu,
+        "talking": summarise(talking),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    lines = load_script()[: args.turns]
+    script = [Said(line) for line in lines]
+    settings = ["call.max_silence_seconds=3600", *args.set]
+    info = machine_info()
+    with running_daemon(max_calls=args.idle + 4, settings=settings) as daemon:
+        log("solo call")
+        solo = summarise(await one_call(daemon, script))
+        levels = [await run_level(daemon, script, args.idle, ln, args.hold) for ln in args.line]
+    print(machine_line(info))
+    print()
+    rows = [
+        [
+            "solo (no idle calls)",
+            "-",
+            ms(solo["p50"]),
+            ms(solo["p95"]),
+            "-",
+            solo["starved_ms"],
+            "-",
+            "-",
+        ]
+    ]
+    for lv in levels:
+        t = lv["talking"]
+        ratio = t["p50"] / solo["p50"] if t["p50"] and solo["p50"] else None
+        rows.append(
+            [
+                f"{lv['idle']} idle ({lv['line']})",
+                lv["held"],
+                ms(t["p50"]),
+                ms(t["p95"]),
+                "-" if ratio is None else f"{ratio:.2f}x",
+                t["starved_ms"],
+                f"{lv['mb_per_idle_call']:.2f}",
+                cpu_cell(lv["cpu"]),
+            ]
+        )
+    print(
+        table(
+            [
+                "calls",
+                "idle held",
+                "talker v2v p50",
+                "p95",
+                "p50 vs solo",
+                "dead air ms",
+                "MB / idle call",
+                "daemon CPU",
+            ],
+            rows,
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.idle", description=__doc__.split("\n")[0])
+    ap.add_argument("--idle", type=int, default=200, help="idle calls held (default 200)")
+    ap.add_argument("--hold", type=float, default=120.0, help="seconds to hold them (120)")
+    ap.add_argument("--line", nargs="+", default=["silence", "hiss"], choices=["silence", "hiss"])
+    ap.add_argument("--turns", type=int, default=6, help="the talking caller's utterances")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = ap.parse_args(argv)
+    trio.run(main_async, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
