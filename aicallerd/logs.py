@@ -5,6 +5,8 @@ syslog priority `<N>` so `journalctl -p warning` works, and carries no timestamp
 journald adds its own. Elsewhere lines read `2026-11-26 12:00:00.123 INFO aicallerd.call: ...`.
 journald splits its stream at newlines, so every line of a multi-line message or traceback
 repeats the full prefix (priority, logger, `[CA...]`): grep and priority filters see them all.
+What goes into the prefix is escaped (`prefix_safe`), so a hostile CallSid cannot end the line
+and forge one of its own, e.g. `x]\\n<0>...` at emergency priority.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ _PRIORITY = {
 # Libraries that log one INFO line per HTTP request; their story is told by our own lines.
 _CHATTY = ("httpx", "httpcore", "hpack", "urllib3", "faster_whisper")
 MASK = "***"
+MAX_TAG = 64  # a CallSid is 34 characters; anything longer is not one
 
 
 def syslog_priority(levelno: int) -> int:
@@ -34,6 +37,20 @@ def syslog_priority(levelno: int) -> int:
         if levelno <= level:
             return _PRIORITY[level]
     return _PRIORITY[logging.CRITICAL]
+
+
+def prefix_safe(text: object, limit: int = MAX_TAG) -> str:
+    """`text` for a line prefix: non-printable characters as Python escapes, at most `limit`.
+
+    Unicode's notion of printable excludes every line break journald or a terminal honours
+    (\\n, \\r, \\x85, \\u2028...) and every other control character, ESC included.
+    """
+    text = str(text)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 class LineFormatter(logging.Formatter):
@@ -45,12 +62,13 @@ class LineFormatter(logging.Formatter):
 
     def prefix(self, record: logging.LogRecord) -> str:
         call_sid = getattr(record, "call_sid", None)
-        tag = f"[{call_sid}] " if call_sid else ""
+        tag = f"[{prefix_safe(call_sid)}] " if call_sid else ""
+        name = prefix_safe(record.name, 200)
         if self.journal:
-            return f"<{syslog_priority(record.levelno)}>{record.name}: {tag}"
+            return f"<{syslog_priority(record.levelno)}>{name}: {tag}"
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
         millis = int(record.msecs)
-        return f"{stamp}.{millis:03d} {record.levelname} {record.name}: {tag}"
+        return f"{stamp}.{millis:03d} {prefix_safe(record.levelname)} {name}: {tag}"
 
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()

@@ -146,3 +146,23 @@ def test_splitter_drops_an_overlong_line_and_recovers() -> None:
     assert s.feed(b"y" * 10 + b"\r\n") == [b"y" * 10]  # exactly the limit, CRLF: fine
     assert s.feed(b"w" * 50) == [LINE_TOO_LONG]
     assert s.close() == []  # an overlong tail at EOF is not a request
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"[" * 60_000, "request is nested too deeply"),
+        (b'{"cmd":' * 9_000, "request is nested too deeply"),
+        (b'{"id":' + b"9" * 5_000 + b',"cmd":"status"}', "request holds a number too long to read"),
+    ],
+)
+def test_hostile_lines_are_bad_requests_not_crashes(line: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_request(line)
+    assert (info.value.code, info.value.message) == (E_BAD_REQUEST, message)
+
+
+def test_a_deeply_nested_argument_is_named_by_its_kind() -> None:
+    deep = "[" * 900 + "]" * 900
+    with pytest.raises(ProtocolError, match="'limit' must be an integer, got an array"):
+        parse_request('{"cmd":"calls","args":{"limit":' + deep + "}}")

@@ -28,7 +28,7 @@ from fakes.control_handler import (
 )
 
 from aicallerd.control.protocol import MAX_LINE, LineSplitter
-from aicallerd.control.server import ControlServer, ControlServerError, proc_groups
+from aicallerd.control.server import ControlServer, ControlServerError, peer_groups
 from aicallerd.twilio.rest import TwilioRestError
 
 NOBODY = 65534
@@ -268,10 +268,10 @@ def test_peer_not_allowed_gets_one_forbidden_line(
     sock_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = sock_dir / "control.sock"
-    asked: list[int] = []
+    asked: list[object] = []
 
-    def groups(pid: int) -> set[int]:
-        asked.append(pid)
+    def groups(sock: object) -> set[int]:
+        asked.append(sock)
         return {424242}
 
     async def main() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -291,7 +291,7 @@ def test_peer_not_allowed_gets_one_forbidden_line(
     assert f"uid {os.getuid()} is not allowed to use {path}" in first["error"]["message"]
     assert "add yourself to group" in first["error"]["message"]
     assert second is None  # and the connection is closed
-    assert asked == [os.getpid()]
+    assert len(asked) == 1  # looked up once, on the connection's own socket
     (record,) = [r for r in caplog.records if "refused control connection" in r.getMessage()]
     assert f"uid {os.getuid()} gid {os.getgid()} (pid {os.getpid()})" in record.getMessage()
 
@@ -301,17 +301,18 @@ def test_peer_allowed_by_supplementary_group(sock_dir: Path) -> None:
 
     async def main() -> dict[str, Any]:
         kw: dict[str, Any] = {"allowed_uids": set(), "allowed_gids": {4711}}
-        async with serving(path, FakeControlHandler(), peer_groups=lambda pid: {4711}, **kw):
+        async with serving(path, FakeControlHandler(), peer_groups=lambda sock: {4711}, **kw):
             async with connect(path) as conn:
                 return await conn.ask({"id": 1, "cmd": "status"})
 
     assert trio.run(main)["ok"] is True
 
 
-def test_proc_groups_reads_our_own_groups() -> None:
-    assert proc_groups(os.getpid()) == set(os.getgroups())
-    assert proc_groups(0) == set()
-    assert proc_groups(2**22 + 12345) == set()  # no such process
+def test_peer_groups_reads_our_own_groups_from_the_socket() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        assert peer_groups(a) == set(os.getgroups())
+        assert peer_groups(b) == set(os.getgroups())
 
 
 def test_stale_socket_is_replaced(sock_dir: Path) -> None:
@@ -409,10 +410,130 @@ def test_real_refusal_of_another_user(sock_dir: Path) -> None:
 
 @as_root
 def test_real_member_of_the_daemons_group_is_allowed(sock_dir: Path) -> None:
-    """The group is found among the peer's supplementary groups (read from /proc)."""
+    """The group is found among the peer's supplementary groups (SO_PEERGROUPS)."""
     path = sock_dir / "control.sock"
     group = 4711
     with ServerThread(str(path), FakeControlHandler(), {0}, {group}):
         os.chown(path, 0, group)  # what the unit's group ownership gives: 0660 root:aicaller
         line, _ = run_as_nobody(path, extra_groups=[group])
     assert json.loads(line)["ok"] is True
+
+
+CLIENT_CONNECTS = textwrap.dedent(
+    """
+    import socket, sys
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.recv(1)  # hold the connection until the server has looked at it
+    """
+)
+
+
+@as_root
+def test_peer_groups_of_another_process_without_proc(
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ProtectProc=invisible leaves us: the socket alone tells a peer's groups."""
+    assert SYSTEM_PYTHON is not None
+    path = sock_dir / "plain.sock"
+    real_open = open
+
+    def no_proc(file: Any, *args: Any, **kw: Any) -> Any:
+        if str(file).startswith("/proc/"):
+            raise PermissionError(file)
+        return real_open(file, *args, **kw)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        os.chmod(path, 0o666)
+        server.listen(1)
+        child = subprocess.Popen(
+            [SYSTEM_PYTHON, "-I", "-c", CLIENT_CONNECTS, str(path)],
+            user=NOBODY,
+            group=NOBODY,
+            extra_groups=[4711, 4712],
+        )
+        try:
+            conn, _ = server.accept()
+            with conn:
+                groups = peer_groups(conn)
+                conn.sendall(b"x")
+        finally:
+            assert child.wait(timeout=30) == 0
+    assert groups == {4711, 4712}
+
+
+def test_deeply_nested_line_is_a_bad_request_and_the_server_carries_on(sock_dir: Path) -> None:
+    path = sock_dir / "control.sock"
+
+    async def main() -> list[dict[str, Any]]:
+        async with serving(path, FakeControlHandler()):
+            async with connect(path) as attacker, connect(path) as other:
+                answers = [await attacker.ask(b"[" * 60_000 + b"\n")]
+                answers.append(await attacker.ask(b'{"id":1,"cmd":' * 4_000 + b"\n"))
+                answers.append(await attacker.ask(b'{"id":' + b"9" * 5_000 + b"}\n"))
+                answers.append(await attacker.ask({"id": 2, "cmd": "status"}))
+                answers.append(await other.ask({"id": 3, "cmd": "status"}))
+            async with connect(path) as later:
+                answers.append(await later.ask({"id": 4, "cmd": "status"}))
+        return answers
+
+    answers = trio.run(main)
+    assert [a["error"]["code"] for a in answers[:3]] == ["bad_request"] * 3
+    assert answers[0]["error"]["message"] == "request is nested too deeply"
+    assert [(a["id"], a["ok"]) for a in answers[3:]] == [(2, True), (3, True), (4, True)]
+
+
+def test_an_unexpected_error_closes_only_that_connection(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = sock_dir / "control.sock"
+    lookups: list[int] = []
+
+    def groups(sock: object) -> set[int]:
+        lookups.append(1)
+        if len(lookups) == 1:
+            raise RuntimeError("group database on fire")
+        return {4711}
+
+    async def main() -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
+        kw: dict[str, Any] = {"allowed_uids": set(), "allowed_gids": {4711}}
+        async with serving(path, handler, peer_groups=groups, **kw):
+            async with connect(path) as unlucky:
+                await unlucky.send({"id": 1, "cmd": "status"})
+                dropped = await unlucky.read()
+            async with connect(path) as next_client:
+                after = await next_client.ask({"id": 2, "cmd": "status"})
+                # A handler bug on a live connection: an error reply, the connection stays.
+                deep: dict[str, Any] = {}
+                for _ in range(100_000):
+                    deep = {"x": deep}
+                handler.status_result = deep
+                internal = await next_client.ask({"id": 3, "cmd": "status"})
+                handler.status_result = None
+                assert (await next_client.ask({"id": 4, "cmd": "status"}))["ok"] is True
+        return dropped, after, internal
+
+    handler = DeepStatusHandler()
+    caplog.set_level(logging.DEBUG, logger="aicallerd.control")
+    dropped, after, internal = trio.run(main)
+    assert dropped is None  # closed, no reply
+    assert after["id"] == 2 and after["ok"] is True
+    assert internal["id"] == 3 and internal["error"]["code"] == "internal"
+    (line,) = [r for r in caplog.records if r.levelno == logging.ERROR and "unexpected" in r.msg]
+    assert line.getMessage() == (
+        f"control: closed the connection from uid {os.getuid()} pid {os.getpid()} "
+        "after an unexpected RuntimeError: group database on fire"
+    )
+
+
+class DeepStatusHandler(FakeControlHandler):
+    """Returns `status_result` from status when set (e.g. something JSON cannot encode)."""
+
+    status_result: dict[str, Any] | None = None
+
+    async def status(self) -> dict[str, Any]:
+        if self.status_result is not None:
+            return self.status_result
+        return await super().status()

@@ -1,6 +1,7 @@
 """The embedded llama.cpp server (xllamacpp) with the bundled SmolLM2, driven by OpenAIChat."""
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import aclosing
@@ -28,6 +29,10 @@ def server() -> Iterator[EmbeddedLlamaServer]:
     srv.close()
 
 
+def chat(server: EmbeddedLlamaServer, client: httpx.AsyncClient, **kw: object) -> OpenAIChat:
+    return OpenAIChat(server.base_url, server.model_name, client, api_key=server.api_key, **kw)
+
+
 async def stream(llm: OpenAIChat, max_tokens: int) -> tuple[list[str], float, float]:
     """(deltas, first-delta latency, total time)."""
     deltas: list[str] = []
@@ -49,12 +54,17 @@ def test_start_is_quiet_and_close_stops_serving(capfd: pytest.CaptureFixture[str
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
         assert httpx.get(url + "/health", timeout=5).json() == {"status": "ok"}
         assert srv.load_seconds is not None and srv.load_seconds < 30
+        first_key = srv.api_key
     out, err = capfd.readouterr()
     assert out == ""  # nothing on stdout, ever
     assert err == ""  # llama.cpp's info logs are off unless our logger is at DEBUG
     assert not srv.running
     with pytest.raises(LlamaServerError):
         _ = srv.base_url
+    with pytest.raises(LlamaServerError):
+        _ = srv.api_key
+    with srv:  # every start draws a new key
+        assert srv.api_key != first_key and len(srv.api_key) >= 40
 
     async def after_close() -> None:
         async with httpx.AsyncClient() as client:
@@ -67,7 +77,7 @@ def test_start_is_quiet_and_close_stops_serving(capfd: pytest.CaptureFixture[str
 def test_streams_an_english_reply_within_max_tokens(server: EmbeddedLlamaServer) -> None:
     async def go() -> tuple[list[str], float, float]:
         async with httpx.AsyncClient(timeout=30) as client:
-            llm = OpenAIChat(server.base_url, server.model_name, client, repeat_penalty=1.15)
+            llm = chat(server, client, repeat_penalty=1.15)
             await stream(llm, 8)  # warm the prompt cache, as a first turn would
             return await stream(llm, 40)
 
@@ -87,7 +97,7 @@ def test_back_to_back_requests_reuse_or_retry(server: EmbeddedLlamaServer) -> No
 
     async def go() -> list[str]:
         async with httpx.AsyncClient(timeout=30) as client:
-            llm = OpenAIChat(server.base_url, server.model_name, client)
+            llm = chat(server, client)
             return ["".join((await stream(llm, 4))[0]) for _ in range(6)]
 
     replies = trio.run(go)
@@ -97,7 +107,7 @@ def test_back_to_back_requests_reuse_or_retry(server: EmbeddedLlamaServer) -> No
 def test_early_stop_frees_the_slot(server: EmbeddedLlamaServer) -> None:
     async def go() -> str:
         async with httpx.AsyncClient(timeout=30) as client:
-            llm = OpenAIChat(server.base_url, server.model_name, client)
+            llm = chat(server, client)
             it = llm.stream_chat(MESSAGES, max_tokens=200, temperature=0.3)
             async with aclosing(it):
                 async for _ in it:
@@ -111,7 +121,7 @@ def test_early_stop_frees_the_slot(server: EmbeddedLlamaServer) -> None:
 def test_health_and_describe(server: EmbeddedLlamaServer) -> None:
     async def go() -> str:
         async with httpx.AsyncClient(timeout=10) as client:
-            return await OpenAIChat(server.base_url, server.model_name, client).health()
+            return await chat(server, client).health()
 
     assert "SmolLM2-135M-Instruct" in trio.run(go)
     assert server.describe() == (
@@ -122,3 +132,41 @@ def test_health_and_describe(server: EmbeddedLlamaServer) -> None:
 def test_missing_model_file_is_a_clear_error(tmp_path: object) -> None:
     with pytest.raises(LlamaServerError, match="does not exist"):
         EmbeddedLlamaServer(model_path="/nonexistent/model.gguf").start()
+
+
+def test_requests_without_the_api_key_are_refused(server: EmbeddedLlamaServer) -> None:
+    url = server.base_url + "/v1/chat/completions"
+    body = {"model": server.model_name, "messages": MESSAGES, "max_tokens": 4}
+    assert httpx.post(url, json=body, timeout=10).status_code == 401
+    wrong = {"Authorization": "Bearer " + server.api_key[:-1] + "x"}
+    assert httpx.post(url, json=body, headers=wrong, timeout=10).status_code == 401
+    right = {"Authorization": "Bearer " + server.api_key}
+    assert httpx.post(url, json=body, headers=right, timeout=30).status_code == 200
+
+    async def go() -> tuple[str, LLMError]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            keyless = OpenAIChat(server.base_url, server.model_name, client)
+            with pytest.raises(LLMError) as refused:
+                await stream(keyless, 4)
+            return "".join((await stream(chat(server, client), 4))[0]), refused.value
+
+    text, refused = trio.run(go)
+    assert refused.status == 401
+    assert server.api_key not in str(refused)
+    assert text.strip()
+
+
+def test_close_right_after_start_does_not_hang() -> None:
+    """A daemon stopped during start-up: httplib used to hang when stopped before serving."""
+    srv = EmbeddedLlamaServer()
+
+    def cycles() -> None:
+        for _ in range(6):  # the old hang struck about one cycle in four
+            srv.start()
+            srv.close()
+
+    worker = threading.Thread(target=cycles, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "start() + close() hung"
+    assert not srv.running

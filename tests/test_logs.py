@@ -183,3 +183,33 @@ def test_priorities_and_levels():
     assert parse_level("WARN") == logging.WARNING
     with pytest.raises(ValueError):
         parse_level("verbose")
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_a_hostile_call_sid_cannot_forge_a_line(journal: bool) -> None:
+    out = io.StringIO()
+    setup_logging("info", {"JOURNAL_STREAM": "1:2"} if journal else {}, stream=out)
+    for sid in ["x]\n<0>forged", "a\rb", "a\x1b[2Jb", "a\u2028<0>b", "a\x85b", "a\x00b"]:
+        call_logger(sid, "aicallerd.web").warning("call offered")
+    got = lines(out)
+    assert len(got) == 6  # one line per record: nothing split off into a line of its own
+    assert not any(line.startswith("<0>") for line in got)
+    tags = [line.split("aicallerd.web: ", 1)[1] for line in got]
+    assert tags == [
+        "[x]\\n<0>forged] call offered",
+        "[a\\rb] call offered",
+        "[a\\x1b[2Jb] call offered",
+        "[a\\u2028<0>b] call offered",
+        "[a\\x85b] call offered",
+        "[a\\x00b] call offered",
+    ]
+    assert all(line.isprintable() for line in got)
+
+
+def test_an_overlong_call_sid_is_cut_in_the_prefix():
+    out = io.StringIO()
+    setup_logging("info", {"JOURNAL_STREAM": "1:2"}, stream=out)
+    call_logger("CA" + "f" * 10_000).info("hello")
+    (line,) = lines(out)
+    assert line == f"<6>aicallerd.call: [CA{'f' * 62}...] hello"
+    assert logs.prefix_safe("CA" + "0" * 32) == "CA" + "0" * 32  # a real SID is untouched

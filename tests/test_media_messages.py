@@ -1,9 +1,12 @@
 import base64
 import json
+import random
 
 import pytest
 
 from aicallerd.twilio.media import (
+    MAX_DIGITS,
+    MAX_FRAME,
     Connected,
     Dtmf,
     Mark,
@@ -26,8 +29,11 @@ from aicallerd.twilio.media import (
     start_event,
     stop_event,
 )
+from aicallerd.twilio.sids import CALL_SID, STREAM_SID, valid_call_sid
 
-SID = "MZ0123456789abcdef"
+SID = "MZ" + "0123456789abcdef" * 2
+CALL = "CA" + "fedcba9876543210" * 2
+ACCOUNT = "AC" + "00112233445566778899aabbccddeeff"
 AUDIO = bytes(range(160))
 B64 = base64.b64encode(AUDIO).decode()
 
@@ -40,9 +46,9 @@ TWILIO_FRAMES = {
             "sequenceNumber": "1",
             "streamSid": SID,
             "start": {
-                "accountSid": "AC1",
+                "accountSid": ACCOUNT,
                 "streamSid": SID,
-                "callSid": "CA1",
+                "callSid": CALL,
                 "tracks": ["inbound"],
                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
                 "customParameters": {"token": "tok"},
@@ -73,7 +79,7 @@ TWILIO_FRAMES = {
             "event": "stop",
             "sequenceNumber": "7",
             "streamSid": SID,
-            "stop": {"accountSid": "AC1", "callSid": "CA1"},
+            "stop": {"accountSid": ACCOUNT, "callSid": CALL},
         }
     ),
 }
@@ -84,8 +90,8 @@ def test_parse_twilio_frames() -> None:
     assert parse_inbound(TWILIO_FRAMES["start"]) == Start(
         sequence=1,
         stream_sid=SID,
-        call_sid="CA1",
-        account_sid="AC1",
+        call_sid=CALL,
+        account_sid=ACCOUNT,
         tracks=("inbound",),
         encoding="audio/x-mulaw",
         sample_rate=8000,
@@ -95,7 +101,7 @@ def test_parse_twilio_frames() -> None:
     assert parse_inbound(TWILIO_FRAMES["media"]) == Media(4, SID, "inbound", 2, 5, AUDIO)
     assert parse_inbound(TWILIO_FRAMES["dtmf"]) == Dtmf(5, SID, "1")
     assert parse_inbound(TWILIO_FRAMES["mark"]) == Mark(6, SID, "utt-42")
-    assert parse_inbound(TWILIO_FRAMES["stop"]) == Stop(7, SID, "CA1")
+    assert parse_inbound(TWILIO_FRAMES["stop"]) == Stop(7, SID, CALL)
 
 
 def test_counters_may_be_ints_and_binary_utf8_frames_are_accepted() -> None:
@@ -168,12 +174,12 @@ def test_malformed_inbound_frames_are_rejected_with_a_reason(frame, reason: str)
 
 def test_outbound_builders_are_compact_twilio_json() -> None:
     assert media_message(SID, b"\x00\xff") == (
-        '{"event":"media","streamSid":"MZ0123456789abcdef","media":{"payload":"AP8="}}'
+        f'{{"event":"media","streamSid":"{SID}","media":{{"payload":"AP8="}}}}'
     )
     assert mark_message(SID, "utt-42") == (
-        '{"event":"mark","streamSid":"MZ0123456789abcdef","mark":{"name":"utt-42"}}'
+        f'{{"event":"mark","streamSid":"{SID}","mark":{{"name":"utt-42"}}}}'
     )
-    assert clear_message(SID) == '{"event":"clear","streamSid":"MZ0123456789abcdef"}'
+    assert clear_message(SID) == f'{{"event":"clear","streamSid":"{SID}"}}'
 
 
 def test_outbound_roundtrip_through_the_twilio_side() -> None:
@@ -205,13 +211,149 @@ def test_parse_outbound_rejects_what_twilio_rejects(frame, reason: str) -> None:
 def test_twilio_side_builders_produce_documented_shapes() -> None:
     for name, built in [
         ("connected", connected_event()),
-        ("start", start_event(1, SID, "CA1", "AC1", {"token": "tok"})),
+        ("start", start_event(1, SID, CALL, ACCOUNT, {"token": "tok"})),
         ("media", media_event(4, SID, 2, 5, AUDIO)),
         ("dtmf", dtmf_event(5, SID, "1")),
         ("mark", mark_event(6, SID, "utt-42")),
-        ("stop", stop_event(7, SID, "CA1", "AC1")),
+        ("stop", stop_event(7, SID, CALL, ACCOUNT)),
     ]:
         assert json.loads(built) == json.loads(TWILIO_FRAMES[name]), name
         assert list(json.loads(built)) == list(json.loads(TWILIO_FRAMES[name])), name  # key order
         assert ", " not in built and ": " not in built  # compact
         assert parse_inbound(built) == parse_inbound(TWILIO_FRAMES[name])
+
+
+# --- hostile input: only MediaProtocolError, bounded messages ---------------------------
+
+
+def test_twilio_sids_are_checked_whole() -> None:
+    assert valid_call_sid(CALL) and valid_call_sid("CA" + "ABCDEF0123456789" * 2)
+    for bad in ["CA1", CALL + "\n", CALL + "0", "ca" + CALL[2:], "CA" + "g" * 32, None, 7, SID]:
+        assert not valid_call_sid(bad), bad
+    assert CALL_SID.match(CALL) and not CALL_SID.search("x" + CALL)
+    assert STREAM_SID.match(SID) and not STREAM_SID.match(SID + "\n")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field_name"),
+    [
+        (lambda f: f["start"].update(callSid="CA1"), "start.callSid"),
+        (lambda f: f["start"].update(callSid=CALL + "]\n<0>forged"), "start.callSid"),
+        (lambda f: f.update(streamSid="MZ1"), "streamSid"),
+        (lambda f: f.update(streamSid=CALL), "streamSid"),
+        (lambda f: f["start"].update(accountSid="AC1"), "start.accountSid"),
+    ],
+)
+def test_start_with_a_malformed_sid_is_refused(mutate, field_name: str) -> None:
+    with pytest.raises(MediaProtocolError) as info:
+        parse_inbound(_mutated("start", mutate))
+    assert f"field {field_name!r} must be" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("frame", [None, b"", "", bytearray(), memoryview(b""), 5, ["x"]])
+def test_empty_or_absent_frames_are_protocol_errors(frame: object) -> None:
+    with pytest.raises(MediaProtocolError):
+        parse_inbound(frame)
+
+
+@pytest.mark.parametrize("field_name", ["sequenceNumber", "chunk", "timestamp"])
+def test_counters_are_bounded(field_name: str) -> None:
+    def put(value: object):
+        def mutate(f: dict) -> None:
+            (f if field_name == "sequenceNumber" else f["media"])[field_name] = value
+
+        return _mutated("media", mutate)
+
+    assert isinstance(parse_inbound(put("9" * MAX_DIGITS)), Media)
+    for value in ["9" * (MAX_DIGITS + 1), "9" * 5000, 10**MAX_DIGITS, 10**4000, -1, "١٢"]:
+        with pytest.raises(MediaProtocolError, match=field_name) as info:
+            parse_inbound(put(value))
+        assert len(str(info.value)) < 200
+
+
+def test_oversized_frames_are_refused_before_decoding() -> None:
+    big = json.dumps({"event": "media", "pad": "x" * MAX_FRAME})
+    for frame in (big, big.encode()):
+        with pytest.raises(MediaProtocolError, match="limit") as info:
+            parse_inbound(frame)
+        assert "xxx" not in str(info.value)
+
+
+# Raw JSON values to put in place of a field: wrong types, huge numbers, deep nesting,
+# control characters, over-long strings.
+GARBAGE = [
+    "null",
+    "true",
+    "-1",
+    "1.5",
+    "1e999",
+    "1" + "0" * 50,
+    "9" * 5000,
+    '"' + "9" * 5000 + '"',
+    '"' + "9" * (MAX_DIGITS + 1) + '"',
+    '""',
+    '"-5"',
+    '" 5"',
+    '"\\u0661\\u0662"',
+    "[]",
+    "{}",
+    '["inbound", 5]',
+    '{"a": 1}',
+    "[" * 50_000 + "]" * 50_000,
+    '{"a":' * 3000 + "1" + "}" * 3000,
+    '"x]\\n<0>forged line"',
+    '"' + "A" * 40_000 + '"',
+    '"' + "A" * 70_000 + '"',
+]
+
+
+def _leaf_paths(obj: object, prefix: tuple = ()) -> list[tuple]:
+    """Every key path in a frame, inner objects included (so whole sub-objects get replaced)."""
+    paths = [prefix] if prefix else []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            paths += _leaf_paths(value, (*prefix, key))
+    return paths
+
+
+def _replace(frame_text: str, path: tuple, raw: str) -> str:
+    frame = json.loads(frame_text)
+    parent = frame
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = "\x00HOLE\x00"
+    return json.dumps(frame).replace('"\\u0000HOLE\\u0000"', raw)
+
+
+def _hostile_frames() -> list[object]:
+    rng = random.Random(20261126)  # fixed seed: the same inputs on every run
+    frames: list[object] = []
+    for text in TWILIO_FRAMES.values():
+        for path in _leaf_paths(json.loads(text)):
+            frames += [_replace(text, path, raw) for raw in GARBAGE]
+        frames += [text[:cut] for cut in range(0, len(text), 7)]  # truncated anywhere
+        frames += [text.encode()[:cut] for cut in range(0, len(text), 11)]
+    for _ in range(2000):
+        frames.append(rng.randbytes(rng.randrange(0, 300)))
+        frames.append("".join(chr(rng.randrange(0, 0x3000)) for _ in range(rng.randrange(60))))
+        # a valid frame with a few random bytes flipped
+        raw = bytearray(rng.choice(list(TWILIO_FRAMES.values())).encode())
+        for _ in range(rng.randrange(1, 4)):
+            raw[rng.randrange(len(raw))] = rng.randrange(256)
+        frames.append(bytes(raw))
+    frames += ["[" * 60_000, "{" * 60_000, '{"event":' * 20_000, "9" * 5000, b"\x00" * 10]
+    return frames
+
+
+def test_hostile_frames_raise_only_media_protocol_errors() -> None:
+    refused = 0
+    for frame in _hostile_frames():
+        for parse in (parse_inbound, parse_outbound):
+            try:
+                parse(frame)
+            except MediaProtocolError as exc:
+                refused += 1
+                message = str(exc)
+                assert "\n" not in message and len(message) < 300, (frame, message)
+    assert refused > 10_000

@@ -259,3 +259,10 @@ def test_caddy_routes_only_the_daemon_paths(tmp_path):
     access = (tmp_path / "access.log").read_text()
     assert '"uri":"/voice"' in access
     assert "sig123" not in access  # the Twilio signature is dropped from the access log
+
+
+def test_unit_bounds_memory_tasks_and_files():
+    s = unit_settings()
+    assert s["MemoryMax"] == ["4G"] and s["MemorySwapMax"] == ["0"]
+    assert s["TasksMax"] == ["512"]
+    assert s["LimitNOFILE"] == ["4096"]

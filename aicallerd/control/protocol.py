@@ -260,7 +260,7 @@ def _check_arg(cmd: str, name: str, spec: _Arg, value: Any, rid: RequestId) -> A
     # bool is an int subclass; `"limit": true` is a mistake, not 1
     if isinstance(value, bool) or not isinstance(value, spec.kind):
         noun = "an integer" if spec.kind is int else "a string"
-        raise bad(f"must be {noun}, got {json.dumps(value)[:60]}")
+        raise bad(f"must be {noun}, got {_shown(value)}")
     if spec.kind is str:
         if spec.required and not value.strip():
             raise bad("must not be empty")
@@ -284,6 +284,10 @@ def parse_request(line: bytes | str) -> Request:
         raise ProtocolError(
             E_BAD_JSON, f"request is not valid JSON: {exc.msg} at column {exc.colno}"
         ) from None
+    except ValueError:  # an integer of more than 4300 digits (sys.get_int_max_str_digits)
+        raise ProtocolError(E_BAD_REQUEST, "request holds a number too long to read") from None
+    except RecursionError:  # e.g. a line of 60,000 "[": the decoder recurses per level
+        raise ProtocolError(E_BAD_REQUEST, "request is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError(E_BAD_REQUEST, f"request must be a JSON object, got {_kind(obj)}")
     rid = obj.get("id")
@@ -325,6 +329,13 @@ def parse_request(line: bytes | str) -> Request:
             raise ProtocolError(E_BAD_ARGS, f"{cmd}: missing argument {name!r}", rid)
         args[name] = _check_arg(cmd, name, spec, raw_args.get(name), rid)
     return Request(cmd, args, rid)
+
+
+def _shown(value: Any) -> str:
+    """A wrong value for an error message: a scalar as JSON (cut short), else its kind."""
+    if isinstance(value, dict | list):
+        return _kind(value)  # encoding a deeply nested value could itself recurse too deep
+    return json.dumps(value)[:60]
 
 
 def _kind(value: Any) -> str:

@@ -2,12 +2,15 @@
 
 Two locks on the door, because either alone can be got wrong by an admin: the socket file is
 mode 0660 (owner and group only), and every peer is checked with SO_PEERCRED when it connects:
-root, the daemon's own user, or a member of the daemon's group (its primary gid or any
-supplementary group, from /proc/<pid>/status) may talk to it; anybody else gets one
-``forbidden`` line, the connection is closed, and the journal gets a warning naming them.
+root, the daemon's own user, or a member of the daemon's group (its primary gid, or any
+supplementary group from SO_PEERGROUPS) may talk to it; anybody else gets one ``forbidden``
+line, the connection is closed, and the journal gets a warning naming them. The groups come
+from the socket, not /proc: the unit's ProtectProc=invisible hides other users' processes.
 
 `ControlServer.serve` owns a nursery with one task per connection; cancelling it closes
-every connection and removes the socket file.
+every connection and removes the socket file. Nothing a connection does escapes its task:
+an unexpected error is logged on one line and closes that connection only, so a hostile or
+buggy client can never take the daemon, and its live calls, down with it.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ log = logging.getLogger("aicallerd.control")
 
 SOCKET_MODE = 0o660
 _READ_SIZE = 65536
+# Linux >= 4.13 (asm-generic value; Python's socket module does not name it).
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+# The most Python's getsockopt() reads: 256 gid_t, far more groups than an operator has.
+_GROUPS_BUFFER = 1024
 _MUTATING = frozenset({"call", "hangup", "reload"})  # logged at info: who did what
 
 
@@ -68,21 +75,20 @@ def peer_credentials(sock: Any) -> PeerCred:
     return PeerCred(pid, uid, gid)
 
 
-def proc_groups(pid: int) -> set[int]:
-    """Supplementary groups of `pid` from /proc (empty if it is gone or not visible).
+def peer_groups(sock: Any) -> set[int]:
+    """Supplementary groups of the process that connected `sock`, as of its connect().
 
-    pid 0 means the peer lives in a PID namespace we cannot see; we do not guess then.
+    Empty (only uid and primary gid then count) if the kernel will not say: a peer in more
+    than 256 groups, or a kernel older than 4.13; the journal says which.
     """
-    if pid <= 0:
-        return set()
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return {int(g) for g in line.split()[1:] if g.isdigit()}
-    except OSError:
-        pass
-    return set()
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _GROUPS_BUFFER)
+    except OSError as exc:
+        reason = "more than 256 groups" if exc.errno == errno.ERANGE else exc.strerror
+        log.warning("cannot read the control peer's groups (SO_PEERGROUPS): %s", reason)
+        return set()
+    count = len(raw) // 4  # an array of gid_t (unsigned 32-bit)
+    return set(struct.unpack(f"={count}I", raw[: count * 4]))
 
 
 def group_name(gid: int) -> str:
@@ -114,8 +120,8 @@ async def dispatch(handler: ControlHandler, request: Request) -> Mapping[str, An
 class ControlServer:
     """Serve `handler` on the Unix socket `path` to allowed peers.
 
-    `allowed_uids` / `allowed_gids` default to {0, our uid} / {our gid}. `peer_groups` maps a
-    pid to its supplementary groups (injectable for tests; /proc by default).
+    `allowed_uids` / `allowed_gids` default to {0, our uid} / {our gid}. `peer_groups` maps
+    the connected socket to its peer's supplementary groups (injectable for tests).
     """
 
     def __init__(
@@ -125,7 +131,7 @@ class ControlServer:
         allowed_uids: Iterable[int] | None = None,
         allowed_gids: Iterable[int] | None = None,
         *,
-        peer_groups: Callable[[int], set[int]] = proc_groups,
+        peer_groups: Callable[[Any], set[int]] = peer_groups,
         max_line: int = MAX_LINE,
     ) -> None:
         self.path = os.fspath(path)
@@ -139,10 +145,11 @@ class ControlServer:
 
     # -- access --------------------------------------------------------------------------
 
-    def is_allowed(self, cred: PeerCred) -> bool:
+    def is_allowed(self, cred: PeerCred, sock: Any) -> bool:
+        """Whether the peer of `sock` (credentials `cred`) may use the socket."""
         if cred.uid in self.allowed_uids or cred.gid in self.allowed_gids:
             return True
-        return bool(self.peer_groups(cred.pid) & self.allowed_gids)
+        return bool(self.peer_groups(sock) & self.allowed_gids)
 
     # -- socket file ---------------------------------------------------------------------
 
@@ -215,15 +222,28 @@ class ControlServer:
             await trio.aclose_forcefully(listener)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            try:
-                await self._converse(stream)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                log.debug("control client went away")
+        """One connection's task; it never raises (except Cancelled), whatever happens."""
+        peer = "unknown peer"
+        try:
+            async with stream:
+                cred = peer_credentials(stream.socket)
+                peer = f"uid {cred.uid} pid {cred.pid}"
+                await self._converse(stream, cred)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("control client went away")
+        except Exception as exc:
+            # A bug, or input nobody foresaw: this connection ends, every other one and
+            # every call goes on. The traceback is for whoever debugs it.
+            log.error(
+                "control: closed the connection from %s after an unexpected %s: %.200s",
+                peer,
+                type(exc).__name__,
+                exc,
+            )
+            log.debug("control: traceback of that error", exc_info=True)
 
-    async def _converse(self, stream: trio.SocketStream) -> None:
-        cred = peer_credentials(stream.socket)
-        if not self.is_allowed(cred):
+    async def _converse(self, stream: trio.SocketStream, cred: PeerCred) -> None:
+        if not self.is_allowed(cred, stream.socket):
             log.warning(
                 "refused control connection from uid %d gid %d (pid %d): not an allowed user "
                 "and not in group %s",
@@ -275,7 +295,7 @@ class ControlServer:
             )
         try:
             return encode_result(request.id, result)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             log.error("control: %s returned a result that is not JSON: %s", request.cmd, exc)
             return encode_error(
                 request.id, E_INTERNAL, f"{request.cmd} produced an unencodable result"

@@ -5,15 +5,24 @@ loopback in background threads; it speaks the OpenAI-compatible API, so the daem
 to it with the same `OpenAIChat` client it would use for any other server. Inference runs
 in llama.cpp's threads, never on the trio loop. The server stops when the `Server` object
 is destroyed, which `close()` does.
+
+Loopback is not private: any local user (or a process of another service) could connect
+and drive the model. So every start draws a fresh random API key; llama.cpp refuses
+requests without ``Authorization: Bearer <key>`` with 401 (all but /health, /v1/models
+included), and the key is masked in our logs.
 """
 
 import logging
+import secrets
 import threading
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import httpx
+
+from aicallerd import logs
 from aicallerd.engines import bundled
 
 log = logging.getLogger(__name__)
@@ -21,6 +30,8 @@ log = logging.getLogger(__name__)
 # llama.cpp log verbosity: 1 = errors only (to stderr), 3 = info, 4 = debug.
 _QUIET = 1
 _CHATTY = 3
+# How long start() waits for the HTTP loop to answer once the model is loaded.
+_SERVING_TIMEOUT = 10.0
 
 
 class LlamaServerError(RuntimeError):
@@ -32,7 +43,8 @@ class EmbeddedLlamaServer:
 
     `start()` blocks for the model load (~0.4 s for SmolLM2-135M) and xllamacpp holds
     the GIL meanwhile, so the trio loop stalls that long even when it runs in a worker
-    thread: do it at startup. `close()` stops the server. Also a context manager.
+    thread: do it at startup. `close()` stops the server. Also a context manager. Clients
+    must send `api_key`: ``OpenAIChat(srv.base_url, srv.model_name, http, api_key=srv.api_key)``.
     """
 
     def __init__(
@@ -52,6 +64,7 @@ class EmbeddedLlamaServer:
         self.load_seconds: float | None = None
         self._server: Any = None
         self._base_url: str | None = None
+        self._api_key: str | None = None
         self._path: Path | None = None
         self._lock = threading.Lock()
 
@@ -93,6 +106,9 @@ class EmbeddedLlamaServer:
             params.cpuparams_batch.n_threads = self.threads
             params.hostnames = ["127.0.0.1"]
             params.port = 0  # let the OS pick a free port: no race with other processes
+            api_key = secrets.token_urlsafe(32)
+            logs.add_secret(api_key)
+            params.api_keys = [api_key]
             params.offline = True  # never reach for Hugging Face
             params.ui = False
             params.endpoint_slots = False
@@ -106,10 +122,13 @@ class EmbeddedLlamaServer:
                 server = xllamacpp.Server(params)
             except Exception as exc:
                 raise LlamaServerError(f"llama.cpp could not load {path}: {exc}") from exc
+            base_url = str(server.listening_address).rstrip("/")
+            _wait_until_serving(base_url)
             self.load_seconds = time.monotonic() - started
             self._server = server
+            self._api_key = api_key
             self._path = path
-            self._base_url = str(server.listening_address).rstrip("/")
+            self._base_url = base_url
             log.info(
                 "%s listening on %s (%.2f s)", self.describe(), self._base_url, self.load_seconds
             )
@@ -119,6 +138,7 @@ class EmbeddedLlamaServer:
         with self._lock:
             server, self._server = self._server, None
             self._base_url = None
+            self._api_key = None
             # Dropping the last reference runs ~Server, which stops the HTTP loop.
             del server
 
@@ -128,6 +148,13 @@ class EmbeddedLlamaServer:
         if self._base_url is None:
             raise LlamaServerError("embedded llama.cpp server is not running")
         return self._base_url
+
+    @property
+    def api_key(self) -> str:
+        """The bearer token this run of the server accepts (a new one on every start)."""
+        if self._api_key is None:
+            raise LlamaServerError("embedded llama.cpp server is not running")
+        return self._api_key
 
     @property
     def running(self) -> bool:
@@ -152,3 +179,23 @@ class EmbeddedLlamaServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _wait_until_serving(base_url: str) -> None:
+    """Block until the HTTP loop answers (any status) on /health.
+
+    `Server()` returns before httplib's listen loop runs, and destroying it in that window
+    hangs for ever (httplib cannot stop a server that has not started listening), so a
+    start() followed at once by close() - a daemon told to stop during start-up - would hang.
+    """
+    deadline = time.monotonic() + _SERVING_TIMEOUT
+    while True:
+        try:
+            httpx.get(base_url + "/health", timeout=1.0)
+            return
+        except httpx.TransportError as exc:
+            if time.monotonic() > deadline:
+                raise LlamaServerError(
+                    f"llama.cpp loaded the model but does not answer on {base_url}: {exc}"
+                ) from exc
+            time.sleep(0.01)

@@ -6,16 +6,27 @@ accepts (``media_message``, ``mark_message``, ``clear_message``). The Twilio sid
 tests with exactly the wire shapes Twilio uses. Anything malformed raises
 ``MediaProtocolError`` saying what was wrong, so a bad frame ends the call loudly
 instead of being half-understood.
+
+The frames arrive from the internet before anything about them is verified, so parsing is
+bounded: a frame over `MAX_FRAME` is refused before it is decoded, counters have at most
+`MAX_DIGITS` digits, SIDs must have Twilio's shape, and any attacker-supplied value quoted in
+an error message is cut to a few dozen characters. No input raises anything else than
+``MediaProtocolError``.
 """
 
 import base64
 import binascii
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aicallerd.twilio.sids import ACCOUNT_SID, CALL_SID, STREAM_SID
+
 __all__ = [
+    "MAX_DIGITS",
+    "MAX_FRAME",
     "Connected",
     "Dtmf",
     "InboundEvent",
@@ -40,6 +51,13 @@ __all__ = [
     "start_event",
     "stop_event",
 ]
+
+
+MAX_FRAME = 64 * 1024
+"""Longest frame parsed, in bytes (or characters of a text frame); Twilio's are ~1 KB."""
+MAX_DIGITS = 12
+"""Longest counter (sequenceNumber, chunk, timestamp...): a 20 ms chunk each, for 600 years."""
+_SHOWN = 80  # characters of an attacker-supplied value quoted in an error message
 
 
 class MediaProtocolError(ValueError):
@@ -128,16 +146,36 @@ OutboundMessage = OutMedia | OutMark | OutClear
 # --- field access ----------------------------------------------------------------------
 
 
-def _load(frame: str | bytes, what: str) -> dict[str, Any]:
+def _show(value: Any) -> str:
+    """A value for an error message: bounded and on one line, whatever the sender put there."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return "an integer too large to show"  # repr() of a 5000-digit int raises
+    return repr(value)[:_SHOWN]
+
+
+def _load(frame: object, what: str) -> dict[str, Any]:
     if isinstance(frame, bytes | bytearray | memoryview):
+        raw = bytes(frame)
+        if len(raw) > MAX_FRAME:
+            raise MediaProtocolError(f"{what}: frame of {len(raw)} bytes, limit {MAX_FRAME}")
         try:
-            frame = bytes(frame).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MediaProtocolError(f"{what}: binary frame is not UTF-8 text") from exc
+            frame = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MediaProtocolError(f"{what}: binary frame is not UTF-8 text") from None
+    if not isinstance(frame, str):
+        raise MediaProtocolError(f"{what}: no text or binary frame ({type(frame).__name__})")
+    if len(frame) > MAX_FRAME:
+        raise MediaProtocolError(f"{what}: frame of {len(frame)} characters, limit {MAX_FRAME}")
     try:
         message = json.loads(frame)
     except (ValueError, RecursionError) as exc:
-        raise MediaProtocolError(f"{what}: frame is not valid JSON ({exc})") from exc
+        # Huge integers raise a plain ValueError, deep nesting RecursionError.
+        reason = str(exc)[:_SHOWN] if isinstance(exc, ValueError) else "nested too deeply"
+        raise MediaProtocolError(f"{what}: frame is not valid JSON ({reason})") from None
     if not isinstance(message, dict):
         raise MediaProtocolError(f"{what}: expected a JSON object, got {type(message).__name__}")
     return message
@@ -150,7 +188,7 @@ def _get(obj: Mapping[str, Any], path: str) -> Any:
     for depth, key in enumerate(keys):
         if not isinstance(value, Mapping):
             parent = ".".join(keys[:depth])
-            raise MediaProtocolError(f"field {parent!r} must be an object, got {value!r}")
+            raise MediaProtocolError(f"field {parent!r} must be an object, got {_show(value)}")
         if key not in value:
             raise MediaProtocolError(f"missing field {path!r}")
         value = value[key]
@@ -160,18 +198,29 @@ def _get(obj: Mapping[str, Any], path: str) -> Any:
 def _str(obj: Mapping[str, Any], path: str) -> str:
     value = _get(obj, path)
     if not isinstance(value, str):
-        raise MediaProtocolError(f"field {path!r} must be a string, got {value!r}")
+        raise MediaProtocolError(f"field {path!r} must be a string, got {_show(value)}")
+    return value
+
+
+def _sid(obj: Mapping[str, Any], path: str, pattern: re.Pattern[str], prefix: str) -> str:
+    value = _str(obj, path)
+    if not pattern.match(value):
+        raise MediaProtocolError(
+            f"field {path!r} must be {prefix} and 32 hex digits, got {_show(value)}"
+        )
     return value
 
 
 def _int(obj: Mapping[str, Any], path: str) -> int:
-    """Twilio sends counters as decimal strings; accept JSON integers too."""
+    """Twilio sends counters as decimal strings; accept JSON integers too (both bounded)."""
     value = _get(obj, path)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**MAX_DIGITS:
         return value
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    if isinstance(value, str) and len(value) <= MAX_DIGITS and value.isascii() and value.isdigit():
         return int(value)
-    raise MediaProtocolError(f"field {path!r} must be a non-negative integer, got {value!r}")
+    raise MediaProtocolError(
+        f"field {path!r} must be an integer from 0 to {MAX_DIGITS} digits, got {_show(value)}"
+    )
 
 
 def _b64(obj: Mapping[str, Any], path: str) -> bytes:
@@ -202,19 +251,20 @@ def _head(m: Mapping[str, Any]) -> tuple[int, str]:
 def _parse_start(m: Mapping[str, Any]) -> Start:
     tracks = _get(m, "start.tracks")
     if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
-        raise MediaProtocolError(f"field 'start.tracks' must be a list of strings, got {tracks!r}")
+        raise MediaProtocolError(
+            f"field 'start.tracks' must be a list of strings, got {_show(tracks)}"
+        )
     start = _get(m, "start")
     params = start.get("customParameters", {})
     if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
         raise MediaProtocolError(
-            f"field 'start.customParameters' must map names to strings, got {params!r}"
+            f"field 'start.customParameters' must map names to strings, got {_show(params)}"
         )
-    sequence, stream_sid = _head(m)
     return Start(
-        sequence=sequence,
-        stream_sid=stream_sid,
-        call_sid=_str(m, "start.callSid"),
-        account_sid=_str(m, "start.accountSid"),
+        sequence=_int(m, "sequenceNumber"),
+        stream_sid=_sid(m, "streamSid", STREAM_SID, "MZ"),
+        call_sid=_sid(m, "start.callSid", CALL_SID, "CA"),
+        account_sid=_sid(m, "start.accountSid", ACCOUNT_SID, "AC"),
         tracks=tuple(tracks),
         encoding=_str(m, "start.mediaFormat.encoding"),
         sample_rate=_int(m, "start.mediaFormat.sampleRate"),
@@ -245,13 +295,14 @@ _INBOUND: dict[str, Callable[[Mapping[str, Any]], InboundEvent]] = {
 }
 
 
-def parse_inbound(text: str | bytes) -> InboundEvent:
-    """Parse one frame Twilio sent; raises MediaProtocolError on anything unexpected."""
+def parse_inbound(text: object) -> InboundEvent:
+    """Parse one frame Twilio sent (text or UTF-8 bytes; anything else, None included, is
+    refused); raises MediaProtocolError, and only that, on anything unexpected."""
     message = _load(text, "inbound")
     event = message.get("event")
     parser = _INBOUND.get(event) if isinstance(event, str) else None
     if parser is None:
-        what = "missing 'event'" if event is None else f"unknown event {event!r}"
+        what = "missing 'event'" if event is None else f"unknown event {_show(event)}"
         raise MediaProtocolError(f"inbound: {what}")
     try:
         return parser(message)
@@ -279,14 +330,14 @@ def clear_message(stream_sid: str) -> str:
 # --- Twilio side (for the local stand-in) ----------------------------------------------
 
 
-def parse_outbound(text: str | bytes) -> OutboundMessage:
+def parse_outbound(text: object) -> OutboundMessage:
     """Parse a frame the daemon sent, rejecting what real Twilio would reject."""
-    if not isinstance(text, str):
+    if isinstance(text, bytes | bytearray | memoryview):
         raise MediaProtocolError("outbound: binary frame; Twilio accepts only text (warning 31950)")
     message = _load(text, "outbound")
     event = message.get("event")
     if event not in ("media", "mark", "clear"):
-        what = "missing 'event'" if event is None else f"unknown event {event!r}"
+        what = "missing 'event'" if event is None else f"unknown event {_show(event)}"
         raise MediaProtocolError(f"outbound: {what} (error 31924)")
     try:
         stream_sid = _str(message, "streamSid")
