@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import trio
 
-from aicallerd.call.registry import CallInfo, CallRegistry, valid_call_sid
+from aicallerd.call.registry import CallInfo, CallRegistry
 from aicallerd.call.session import CallSession, Transport
 from aicallerd.call.settings import call_settings
 from aicallerd.calllog import TERMINAL_STATUSES, AsyncCallLog
@@ -32,6 +32,7 @@ from aicallerd.recorder import CallRecorder
 from aicallerd.shown import plain
 from aicallerd.twilio import media
 from aicallerd.twilio.rest import CallCreated
+from aicallerd.twilio.sids import valid_call_sid
 from aicallerd.twilio.tokens import StreamTokens
 
 log = logging.getLogger("aicallerd")

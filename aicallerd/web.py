@@ -27,7 +27,6 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.datastructures import MultiDict
 
-from aicallerd.call.registry import valid_call_sid
 from aicallerd.control.protocol import (
     E_BUSY,
     E_INVALID_NUMBER,
@@ -44,6 +43,7 @@ from aicallerd.ports import Calls
 from aicallerd.shown import plain, shown
 from aicallerd.throttle import FailureThrottle, address_key
 from aicallerd.twilio import twiml
+from aicallerd.twilio.sids import valid_call_sid
 from aicallerd.twilio.signature import validate_signature
 
 log = logging.getLogger("aicallerd.web")

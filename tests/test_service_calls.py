@@ -9,12 +9,13 @@ import pytest
 import trio
 import trio.testing
 
-from aicallerd.call.registry import CallInfo, CallRegistry, valid_call_sid
+from aicallerd.call.registry import CallInfo, CallRegistry
 from aicallerd.calllog import AsyncCallLog
 from aicallerd.config import load_config
 from aicallerd.service import HANG_UP_WAIT, OPERATOR_HANGUP_LINE, CallService
 from aicallerd.shown import plain, shown
 from aicallerd.throttle import FailureThrottle, address_key
+from aicallerd.twilio.sids import valid_call_sid
 from aicallerd.twilio.tokens import StreamTokens
 
 SID = "CA" + "ab" * 16

@@ -15,21 +15,13 @@ Time is passed in (trio's clock in the daemon), so all of this is testable witho
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from aicallerd.twilio.tokens import StreamTokens
 
-_CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 REMEMBER_ENDED = 10_000  # ended calls whose SID is still refused: bounded memory
-
-
-def valid_call_sid(value: str) -> bool:
-    """Twilio's call SID shape, checked before a SID from the network is used anywhere
-    (log prefix, registry key, call log): a forged one could inject journal lines."""
-    return _CALL_SID.fullmatch(value) is not None
 
 
 @dataclass

@@ -86,7 +86,7 @@ async def load_engines(cfg: Config) -> Engines:
         if cfg.llm.backend == "embedded":
             llama = EmbeddedLlamaServer(model_path=cfg.llm.embedded_model)
             await trio.to_thread.run_sync(llama.start)
-            llm = OpenAIChat(llama.base_url, llama.model_name, http)
+            llm = OpenAIChat(llama.base_url, llama.model_name, http, api_key=llama.api_key)
         elif cfg.llm.backend == "ollama":
             llm = OllamaChat(cfg.llm.url, cfg.llm.model, http, keep_alive=cfg.llm.keep_alive)
         else:
