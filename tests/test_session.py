@@ -476,6 +476,51 @@ def test_stored_reply_audio_matches_the_stored_text(tmp_path: Path) -> None:
     assert seconds == pytest.approx(h.tts.seconds_for(S1), abs=0.001)
 
 
+def test_a_stream_that_goes_quiet_is_ended() -> None:
+    """Twilio sends a frame every 20 ms; a peer that stops sending is gone or hostile, and
+    must not hold a line: the call ends once nothing arrived for media_timeout."""
+    stopped: list[float] = []
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+
+        async def silent(message: str | bytes) -> None:
+            await trio.sleep_forever()
+
+        h.ws.send_message = silent  # type: ignore[method-assign]
+        stopped.append(trio.current_time())
+        await h.wait_until(h.session_done.is_set, timeout=20)
+        stopped.append(trio.current_time())
+
+    h = run_call(caller)
+    assert h.session.end_reason == "media_timeout"
+    assert h.link.inbound[-1].t <= stopped[0]
+    assert stopped[1] - stopped[0] == pytest.approx(5.0, abs=0.05)
+    assert h.session.ended.is_set()
+
+
+def test_a_peer_that_stops_reading_is_ended() -> None:
+    """A peer that never reads what we send would block the sender forever: after
+    media_timeout of a blocked write the call ends."""
+    blocked_at: list[float] = []
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+
+        async def stuck(data: str) -> None:
+            blocked_at.append(trio.current_time())
+            await trio.sleep_forever()
+
+        h.session.player.transport.send = stuck  # type: ignore[method-assign]
+        await h.say("w1", "w2", "w3")  # the reply's first frame blocks
+        await h.wait_until(h.session_done.is_set, timeout=30)
+        blocked_at.append(trio.current_time())
+
+    h = run_call(caller)
+    assert h.session.end_reason == "media_timeout"
+    assert blocked_at[-1] - blocked_at[0] == pytest.approx(5.0, abs=0.05)
+
+
 # -- 6. limits -----------------------------------------------------------------------------
 
 

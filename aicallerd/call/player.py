@@ -79,8 +79,16 @@ class Player:
     and no two tasks ever write to it at once.
     """
 
-    def __init__(self, transport: Transport, *, lead: float = 0.08, stream_sid: str = "") -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        lead: float = 0.08,
+        stream_sid: str = "",
+        write_timeout: float = 5.0,
+    ) -> None:
         self.transport = transport
+        self.write_timeout = write_timeout
         self.stream_sid = stream_sid
         self.clock = PlaybackClock(lead=lead)
         self._queue: collections.deque[_Audio | _Mark] = collections.deque()
@@ -177,13 +185,12 @@ class Player:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The only writer of the socket: clear first, then frames against absolute
         deadlines and marks in order; returns once the stream is closed."""
-        send = self.transport.send
         task_status.started()
         while True:
             self._wakeup = trio.Event()
             if self._clear_due:
                 self._clear_due = False
-                await send(media.clear_message(self.stream_sid))
+                await self._send(media.clear_message(self.stream_sid))
                 continue
             if not self._queue:
                 if self._close is not None:
@@ -195,7 +202,7 @@ class Player:
             if isinstance(item, _Mark):
                 self._queue.popleft()
                 self._pending_marks.append(item.name)
-                await send(media.mark_message(self.stream_sid, item.name))
+                await self._send(media.mark_message(self.stream_sid, item.name))
                 continue
             now = trio.current_time()
             due = self.clock.send_at(now)
@@ -204,10 +211,15 @@ class Player:
                     await self._wakeup.wait()  # a clear or close may not wait for pacing
                 continue
             self._queue.popleft()
-            await send(media.media_message(self.stream_sid, item.payload))
+            await self._send(media.media_message(self.stream_sid, item.payload))
             self.clock.sent(now, len(item.payload) / 8000)
             if item.on_sent is not None:
                 item.on_sent(now)
+
+    async def _send(self, text: str) -> None:
+        """A peer that stops reading must not pin the call: TooSlowError ends it."""
+        with trio.fail_after(self.write_timeout):
+            await self.transport.send(text)
 
 
 class Gate:

@@ -102,7 +102,9 @@ class CallSession:
         self.call_sid = ""
         self.log: logging.LoggerAdapter = logging.LoggerAdapter(log, {})
         self.core = Conversation(settings)
-        self.player = Player(transport, lead=settings.player_lead)
+        self.player = Player(
+            transport, lead=settings.player_lead, write_timeout=settings.media_timeout
+        )
         self.speaker = Speaker(self.player, llm=llm, tts=tts, canned=self.canned, settings=settings)
         self.ended = trio.Event()
         self._runs: dict[int, ReplyRun] = {}
@@ -220,9 +222,16 @@ class CallSession:
         async with self._frames_in:
             while True:
                 try:
-                    raw = await self.transport.receive()
+                    with trio.move_on_after(self.settings.media_timeout) as waiting:
+                        raw = await self.transport.receive()
                 except Exception as exc:  # the socket went away under us
                     self.log.info("stream closed: %s", exc.__class__.__name__)
+                    return
+                if waiting.cancelled_caught:
+                    self.log.warning(
+                        "no frame from Twilio for %gs: ending the call", self.settings.media_timeout
+                    )
+                    self.core.hang_up("", "media_timeout")
                     return
                 try:
                     event = media.parse_inbound(raw)
@@ -424,6 +433,11 @@ class CallSession:
         """The player's sender; once the stream is closed (or gone) the call is over."""
         try:
             await self.player.run()
+        except trio.TooSlowError:
+            self.log.warning(
+                "Twilio read nothing for %gs: ending the call", self.settings.media_timeout
+            )
+            self.core.hang_up("", "media_timeout")
         except Exception as exc:
             self.log.info("stream closed while sending: %s", exc.__class__.__name__)
         assert self._nursery is not None

@@ -46,6 +46,9 @@ class CallSettings:
     transcribe_seconds: float = CallConfig.transcribe_seconds
     handshake_timeout: float = 10.0
     player_lead: float = 0.08
+    # Twilio sends a frame every 20 ms, silence included, and reads what we send: a stream
+    # quiet (or not reading) this long is a dead or hostile peer, and the call ends.
+    media_timeout: float = 5.0
 
 
 def seconds_or_inf(value: float) -> float:
