@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A .env in this directory (the seed's KEY=value lines) is exported to the daemon first.
 run: $(STAMP)
 	mkdir -p $(RUNDIR)/state
+	set -a; if [ -f .env ]; then . ./.env; fi; set +a; \
 	STATE_DIRECTORY=$(RUNDIR)/state RUNTIME_DIRECTORY=$(RUNDIR) \
 	    $(BIN)/aicallerd --config etc/aicaller.conf
 

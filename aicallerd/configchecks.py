@@ -186,14 +186,5 @@ def language() -> Check:
     return Check(str, '"" (detect) or a language code like "en"', check)
 
 
-def local_whisper() -> Check:
-    def check(value: bool) -> bool:
-        if not value:
-            raise Invalid()
-        return value
-
-    return Check(bool, "true: the OpenAI Whisper API is not supported yet", check)
-
-
 def boolean() -> Check:
     return Check(bool, "true or false")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aicallerd.configchecks import choice, language, local_whisper, number, pattern, text, url
+from aicallerd.configchecks import boolean, choice, language, number, pattern, text, url
 from aicallerd.configkeys import Section, key
 from aicallerd.text.guardrail import SYSTEM_PROMPT
 
@@ -17,14 +17,46 @@ HTTP_URL = url(("http", "https"), "an http:// or https:// URL")
 
 @dataclass(frozen=True, repr=False)
 class SttConfig(Section):
-    """Speech to text (faster-whisper, on this machine)."""
+    """Speech to text: faster-whisper on this machine, or an OpenAI-compatible API with the
+    local model as its fallback."""
 
     use_local_whisper: bool = key(
         True,
-        local_whisper(),
+        boolean(),
         env="USE_LOCAL_WHISPER",
         restart=True,
-        comment="Transcribe locally; false (the OpenAI Whisper API) is not supported yet.",
+        comment="true: transcribe locally; false: the transcription API below, falling back to "
+        "the local model on an error or past api_timeout_seconds.",
+    )
+    api_url: str = key(
+        "https://api.openai.com",
+        HTTP_URL,
+        env="OPENAI_STT_URL",
+        restart=True,
+        comment="Base URL of the OpenAI-compatible transcription server (OpenAI, speaches, "
+        "vLLM); /v1/audio/transcriptions is added.",
+    )
+    api_model: str = key(
+        "whisper-1",
+        text(nonempty=True),
+        env="OPENAI_STT_MODEL",
+        restart=True,
+        comment="Transcription model name on that server.",
+    )
+    api_key: str = key(
+        "",
+        text(),
+        env="OPENAI_API_KEY",
+        credential="openai_api_key",
+        secret=True,
+        restart=True,
+        comment="Bearer key for the transcription server (empty: none sent).",
+    )
+    api_timeout_seconds: float = key(
+        3.0,
+        number(float, 0, above=True),
+        restart=True,
+        comment="Deadline for one phrase from the API; past it the local model transcribes it.",
     )
     model: str = key(
         "bundled",
@@ -71,6 +103,7 @@ class LlmConfig(Section):
     backend: str = key(
         "embedded",
         choice("embedded", "ollama", "openai"),
+        env="LLM_BACKEND",
         restart=True,
         comment='"embedded" (llama.cpp in-process server), "ollama" (/api/chat) '
         'or "openai" (/v1/chat/completions).',
@@ -80,7 +113,31 @@ class LlmConfig(Section):
         HTTP_URL,
         env="OLLAMA_URL",
         restart=True,
-        comment='Base URL of the Ollama or OpenAI-compatible server (not used by "embedded").',
+        comment="Ollama or OpenAI-compatible server: its base URL or the full /api/chat or "
+        '/v1/chat/completions endpoint (not used by "embedded").',
+    )
+    api_key: str = key(
+        "",
+        text(),
+        env="LLM_API_KEY",
+        credential="llm_api_key",
+        secret=True,
+        restart=True,
+        comment='Bearer key for the "openai" backend (vLLM --api-key, OpenAI); empty: none sent.',
+    )
+    local_fallback: bool = key(
+        True,
+        boolean(),
+        restart=True,
+        comment='With "ollama" or "openai": also start the embedded model, which answers a '
+        "turn the server fails or is late with.",
+    )
+    first_token_seconds: float = key(
+        2.5,
+        number(float, 0, above=True),
+        restart=True,
+        comment="Deadline for the server's first token; past it the embedded model answers the "
+        "turn (when local_fallback is on).",
     )
     model: str = key(
         "gemma3:1b",
@@ -144,9 +201,11 @@ class TtsConfig(Section):
 
     engine: str = key(
         "piper",
-        choice("piper", "elevenlabs"),
+        choice("piper", "elevenlabs", "openai"),
+        env="TTS_ENGINE",
         restart=True,
-        comment='"piper" (local) or "elevenlabs" (cloud, needs the key and voice id below).',
+        comment='"piper" (local), "elevenlabs" (needs the key and voice id below) or "openai" '
+        "(an OpenAI-compatible /v1/audio/speech server); Piper stands in for a failing cloud.",
     )
     voice: str = key(
         "bundled",
@@ -159,6 +218,13 @@ class TtsConfig(Section):
         number(float, 0.5, 2),
         restart=True,
         comment="Speaking rate for Piper (0.5-2; above 1 is faster).",
+    )
+    first_audio_seconds: float = key(
+        2.0,
+        number(float, 0, above=True),
+        restart=True,
+        comment="Deadline for a cloud voice's first audio of a sentence (and any later gap); "
+        "past it Piper says the rest.",
     )
     elevenlabs_api_key: str = key(
         "",
@@ -179,12 +245,72 @@ class TtsConfig(Section):
     elevenlabs_model: str = key(
         "eleven_flash_v2_5",
         text(nonempty=True),
+        env="ELEVENLABS_MODEL",
         restart=True,
         comment="ElevenLabs model; flash v2.5 has the lowest latency.",
+    )
+    elevenlabs_streaming: bool = key(
+        True,
+        boolean(),
+        env="ELEVEN_STREAMING",
+        restart=True,
+        comment="true: stream each sentence as it is synthesized; false: one MP3 file per "
+        "sentence (slower to start).",
+    )
+    elevenlabs_transport: str = key(
+        "http",
+        choice("http", "websocket"),
+        restart=True,
+        comment='How to stream: "http" (POST .../stream, kept-alive connection) or '
+        '"websocket" (stream-input, one connection per sentence); http starts sooner.',
+    )
+    elevenlabs_speed: float = key(
+        0.9,
+        number(float, 0.7, 1.2),
+        env="ELEVENLABS_SPEED",
+        restart=True,
+        comment="ElevenLabs speaking rate (0.7-1.2).",
     )
     elevenlabs_url: str = key(
         "https://api.elevenlabs.io",
         HTTP_URL,
         restart=True,
         comment="Base URL of the ElevenLabs API.",
+    )
+    api_url: str = key(
+        "http://127.0.0.1:8880",
+        HTTP_URL,
+        env="OPENAI_TTS_URL",
+        restart=True,
+        comment='[tts] engine = "openai": base URL of the speech server (Kokoro-FastAPI, '
+        "speaches, OpenAI); /v1/audio/speech is added.",
+    )
+    api_model: str = key(
+        "kokoro",
+        text(nonempty=True),
+        env="OPENAI_TTS_MODEL",
+        restart=True,
+        comment='Speech model name on that server ("tts-1" on OpenAI).',
+    )
+    api_voice: str = key(
+        "af_heart",
+        text(nonempty=True),
+        env="OPENAI_TTS_VOICE",
+        restart=True,
+        comment='Voice name on that server ("alloy" on OpenAI).',
+    )
+    api_format: str = key(
+        "pcm",
+        choice("pcm", "wav"),
+        restart=True,
+        comment='"pcm" (24 kHz raw, streamed as it arrives) or "wav" (whole file per sentence).',
+    )
+    api_key: str = key(
+        "",
+        text(),
+        env="OPENAI_TTS_API_KEY",
+        credential="openai_tts_api_key",
+        secret=True,
+        restart=True,
+        comment="Bearer key for the speech server (empty: none sent).",
     )

@@ -52,7 +52,7 @@ class ChatClient(Protocol):
         ...
 
 
-def _error_text(body: bytes) -> str:
+def error_text(body: bytes) -> str:
     """The error message out of an error body, whatever the server's JSON dialect."""
     text = body.decode("utf-8", "replace").strip()
     try:
@@ -66,6 +66,16 @@ def _error_text(body: bytes) -> str:
         if err is not None:
             return str(err)[:300]
     return text[:300]
+
+
+def api_root(url: str, *endpoint_suffixes: str) -> str:
+    """The `/v1` root of an OpenAI-style URL given as a base, a `/v1` root or a full endpoint."""
+    url = url.rstrip("/")
+    for suffix in endpoint_suffixes:
+        if url.endswith(suffix):
+            url = url[: -len(suffix)].rstrip("/")
+            break
+    return url if url.endswith("/v1") else url + "/v1"
 
 
 class _HTTPChat:
@@ -120,7 +130,7 @@ class _HTTPChat:
             finally:
                 await response.aclose()
             raise LLMError(
-                f"{self._where()}: HTTP {response.status_code}: {_error_text(body_bytes)}",
+                f"{self._where()}: HTTP {response.status_code}: {error_text(body_bytes)}",
                 status=response.status_code,
             )
         return response
@@ -145,8 +155,9 @@ class _HTTPChat:
 class OpenAIChat(_HTTPChat):
     """`/v1/chat/completions` with SSE streaming (llama.cpp server, vLLM, LM Studio, ...).
 
-    `base_url` may end in `/v1` or not. `repeat_penalty` is a llama.cpp extension that
-    keeps tiny models like SmolLM2 from looping; `frequency_penalty` is standard OpenAI.
+    `base_url` may be the server's base, its `/v1` root or the full `/v1/chat/completions`.
+    `repeat_penalty` is a llama.cpp extension that keeps tiny models like SmolLM2 from
+    looping; `frequency_penalty` is standard OpenAI.
     `extra` is merged into every request body (e.g. {"top_k": 40}).
     """
 
@@ -164,7 +175,7 @@ class OpenAIChat(_HTTPChat):
         api_key: str | None = None,
     ) -> None:
         super().__init__(base_url, model, client)
-        self.api_root = self.base_url if self.base_url.endswith("/v1") else self.base_url + "/v1"
+        self.api_root = api_root(self.base_url, "/chat/completions")
         self.extra = dict(extra or {})
         if repeat_penalty is not None:
             self.extra["repeat_penalty"] = repeat_penalty
@@ -194,7 +205,7 @@ class OpenAIChat(_HTTPChat):
                 if finished:
                     continue
                 if line.startswith("error:"):  # llama.cpp's SSE error line
-                    raise LLMError(f"{self._where()}: {_error_text(line[6:].encode())}")
+                    raise LLMError(f"{self._where()}: {error_text(line[6:].encode())}")
                 if not line.startswith("data:"):
                     continue  # blank separators, ": ping" comments, "event:" lines
                 data = line[5:].strip()
@@ -208,7 +219,7 @@ class OpenAIChat(_HTTPChat):
                 if not isinstance(chunk, dict):
                     raise LLMError(f"{self._where()}: bad SSE data: {data[:100]!r}")
                 if "error" in chunk:
-                    raise LLMError(f"{self._where()}: {_error_text(data.encode())}")
+                    raise LLMError(f"{self._where()}: {error_text(data.encode())}")
                 choices = chunk.get("choices") or []
                 if not choices:
                     continue  # e.g. a final usage-only chunk
@@ -240,7 +251,8 @@ class OpenAIChat(_HTTPChat):
 class OllamaChat(_HTTPChat):
     """Ollama's native `/api/chat` (NDJSON), which honours `keep_alive` and `num_predict`.
 
-    `options` is merged into the request's `options` (e.g. {"repeat_penalty": 1.1}).
+    `base_url` may be the server's base or the full `/api/chat` endpoint (the seed's
+    OLLAMA_URL). `options` is merged into the request's `options` (e.g. {"repeat_penalty": 1.1}).
     """
 
     kind = "ollama"
@@ -254,7 +266,7 @@ class OllamaChat(_HTTPChat):
         *,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(base_url, model, client)
+        super().__init__(base_url.rstrip("/").removesuffix("/api/chat"), model, client)
         self.keep_alive = keep_alive
         self.options = dict(options or {})
         self.last_stats: dict[str, Any] = {}

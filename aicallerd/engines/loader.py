@@ -1,7 +1,9 @@
 """Build the engines a configuration asks for, load them off the event loop, warm them.
 
 Everything heavy happens here, before READY: a model that loads on the first call costs
-that caller seconds of silence.
+that caller seconds of silence. A cloud engine always comes with its local counterpart
+loaded behind it (`aicallerd.engines.fallback`); a cloud engine that does not answer at
+start-up is a warning, and calls use the local engine until it does.
 """
 
 from __future__ import annotations
@@ -16,18 +18,25 @@ import trio
 
 from aicallerd.call.lines import FALLBACK_LINE, TIME_LIMIT_LINE
 from aicallerd.config import Config
+from aicallerd.engines.elevenlabs_ws import ElevenLabsWebSocketTTS
+from aicallerd.engines.fallback import FallbackChat, FallbackSynthesizer, FallbackTranscriber
 from aicallerd.engines.llama_server import EmbeddedLlamaServer
 from aicallerd.engines.llm import ChatClient, LLMError, OllamaChat, OpenAIChat
-from aicallerd.engines.stt import Transcriber
+from aicallerd.engines.openai_stt import OpenAITranscriber
+from aicallerd.engines.openai_tts import OpenAISpeechTTS
+from aicallerd.engines.stt import SpeechToText, STTError, Transcriber
 from aicallerd.engines.tts import ElevenLabsTTS, PiperTTS, Synthesizer
 from aicallerd.vad import RmsVad, SileroVad
 
 log = logging.getLogger("aicallerd.engines")
 
+# Ollama may load a model from disk at start-up; longer than a turn's deadline, not for ever.
+PRELOAD_SECONDS = 120.0
+
 
 @dataclass
 class Engines:
-    transcriber: Transcriber
+    transcriber: SpeechToText
     llm: ChatClient
     tts: Synthesizer
     vad_factory: Callable[[], object]
@@ -38,11 +47,21 @@ class Engines:
     load_seconds: float = 0.0
 
     def describe(self) -> str:
-        llm = self.llama.describe() if self.llama is not None else self.llm.describe()
+        embedded = self.llama is not None and not isinstance(self.llm, FallbackChat)
+        llm = self.llama.describe() if embedded and self.llama else self.llm.describe()
         return (
             f"VAD {self.vad_name}; STT {self.transcriber.describe()}; "
             f"LLM {llm}; TTS {self.tts.describe()}"
         )
+
+    def status(self) -> dict[str, str]:
+        """Per engine ("stt", "llm", "tts"): "ok", "degraded: <why>" or "open until ..."
+        for a cloud engine's breaker; a local engine is always "ok"."""
+        engines = {"stt": self.transcriber, "llm": self.llm, "tts": self.tts}
+        return {
+            name: engine.status() if hasattr(engine, "status") else "ok"
+            for name, engine in engines.items()
+        }
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -58,50 +77,101 @@ def _vad_factory(cfg: Config) -> tuple[Callable[[], object], str]:
     return (lambda: RmsVad(threshold)), f"rms>={threshold:g}"
 
 
+def _cloud_tts(cfg: Config, http: httpx.AsyncClient) -> Synthesizer:
+    t = cfg.tts
+    if t.engine == "openai":
+        return OpenAISpeechTTS(
+            t.api_url,
+            t.api_model,
+            t.api_voice,
+            http,
+            api_key=t.api_key,
+            response_format=t.api_format,
+        )
+    if t.elevenlabs_streaming and t.elevenlabs_transport == "websocket":
+        return ElevenLabsWebSocketTTS(
+            t.elevenlabs_api_key,
+            t.elevenlabs_voice_id,
+            t.elevenlabs_model,
+            base_url=t.elevenlabs_url,
+            speed=t.elevenlabs_speed,
+        )
+    return ElevenLabsTTS(
+        api_key=t.elevenlabs_api_key,
+        voice_id=t.elevenlabs_voice_id,
+        model_id=t.elevenlabs_model,
+        client=http,
+        base_url=t.elevenlabs_url,
+        speed=t.elevenlabs_speed,
+        streaming=t.elevenlabs_streaming,
+    )
+
+
+def _cloud_llm(cfg: Config, http: httpx.AsyncClient) -> ChatClient:
+    if cfg.llm.backend == "ollama":
+        return OllamaChat(cfg.llm.url, cfg.llm.model, http, keep_alive=cfg.llm.keep_alive)
+    return OpenAIChat(cfg.llm.url, cfg.llm.model, http, api_key=cfg.llm.api_key or None)
+
+
 async def load_engines(cfg: Config) -> Engines:
-    """Load, start and warm every engine; raises with a clear message when one cannot."""
+    """Load, start and warm every engine; raises with a clear message when a local one
+    cannot (a cloud one that cannot is a warning: its local fallback takes the calls)."""
     t0 = time.monotonic()
     http = httpx.AsyncClient(timeout=httpx.Timeout(cfg.llm.timeout_seconds, connect=5.0))
     llama: EmbeddedLlamaServer | None = None
     try:
-        transcriber = Transcriber(
+        whisper = Transcriber(
             model=cfg.stt.model,
             compute_type=cfg.stt.compute_type,
             beam_size=cfg.stt.beam_size,
             language=cfg.stt.language or None,
             cpu_threads=cfg.stt.cpu_threads,
         )
-        tts: Synthesizer
-        if cfg.tts.engine == "piper":
-            tts = PiperTTS(voice=cfg.tts.voice, speed=cfg.tts.speed)
-        else:
-            tts = ElevenLabsTTS(
-                api_key=cfg.tts.elevenlabs_api_key,
-                voice_id=cfg.tts.elevenlabs_voice_id,
-                model_id=cfg.tts.elevenlabs_model,
-                client=http,
-                base_url=cfg.tts.elevenlabs_url,
+        transcriber: SpeechToText = whisper
+        if not cfg.stt.use_local_whisper:
+            cloud_stt = OpenAITranscriber(
+                cfg.stt.api_url,
+                cfg.stt.api_model,
+                http,
+                api_key=cfg.stt.api_key,
+                language=cfg.stt.language or None,
+            )
+            transcriber = FallbackTranscriber(
+                cloud_stt, whisper, deadline=cfg.stt.api_timeout_seconds
+            )
+        piper = PiperTTS(voice=cfg.tts.voice, speed=cfg.tts.speed)
+        tts: Synthesizer = piper
+        if cfg.tts.engine != "piper":
+            speed = cfg.tts.elevenlabs_speed if cfg.tts.engine == "elevenlabs" else 1.0
+            tts = FallbackSynthesizer(
+                _cloud_tts(cfg, http),
+                piper,
+                first_audio_seconds=cfg.tts.first_audio_seconds,
+                speed=speed,
             )
         llm: ChatClient
-        if cfg.llm.backend == "embedded":
+        local_llm: ChatClient | None = None
+        if cfg.llm.backend == "embedded" or cfg.llm.local_fallback:
             llama = EmbeddedLlamaServer(model_path=cfg.llm.embedded_model)
             await trio.to_thread.run_sync(llama.start)
-            llm = OpenAIChat(llama.base_url, llama.model_name, http, api_key=llama.api_key)
-        elif cfg.llm.backend == "ollama":
-            llm = OllamaChat(cfg.llm.url, cfg.llm.model, http, keep_alive=cfg.llm.keep_alive)
+            local_llm = OpenAIChat(llama.base_url, llama.model_name, http, api_key=llama.api_key)
+        if cfg.llm.backend == "embedded":
+            assert local_llm is not None
+            llm = local_llm
+        elif local_llm is not None:
+            llm = FallbackChat(
+                _cloud_llm(cfg, http), local_llm, first_token_seconds=cfg.llm.first_token_seconds
+            )
         else:
-            llm = OpenAIChat(cfg.llm.url, cfg.llm.model, http)
+            llm = _cloud_llm(cfg, http)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, _load_and_warm, transcriber)
+            nursery.start_soon(trio.to_thread.run_sync, _load_and_warm, whisper)
             nursery.start_soon(_warm_tts, tts)
+            if isinstance(transcriber, FallbackTranscriber):
+                nursery.start_soon(_check_cloud_stt, transcriber)
         vad_factory, vad_name = _vad_factory(cfg)
-        try:
-            await llm.preload()
-            await warm_llm(llm, cfg.llm.system_prompt)
-        except LLMError as exc:
-            # A dead Ollama is not fatal: calls get a graceful line until it is back.
-            log.error("llm not ready: %s (calls will hear an apology until it answers)", exc)
+        await _warm_llm(llm, cfg.llm.system_prompt)
         engines = Engines(transcriber, llm, tts, vad_factory, vad_name, http, llama)
         engines.canned = await render_lines(tts, _lines(cfg))
     except BaseException:
@@ -111,6 +181,46 @@ async def load_engines(cfg: Config) -> Engines:
         raise
     engines.load_seconds = time.monotonic() - t0
     return engines
+
+
+async def _warm_llm(llm: ChatClient, system_prompt: str) -> None:
+    """Preload and warm the model(s); a server that fails is logged, never fatal."""
+    if isinstance(llm, FallbackChat):
+        await _warm_llm(llm.local, system_prompt)
+        try:
+            with trio.fail_after(PRELOAD_SECONDS):
+                await llm.cloud.preload()
+                await warm_llm(llm.cloud, system_prompt)
+        except (LLMError, trio.TooSlowError) as exc:
+            llm.breaker.failure(trio.current_time(), str(exc) or "preload timed out")
+            log.warning(
+                "llm %s not ready: %s (the local model answers until it is)",
+                llm.cloud.describe(),
+                exc,
+            )
+        return
+    try:
+        await llm.preload()
+        await warm_llm(llm, system_prompt)
+    except LLMError as exc:
+        # A dead Ollama is not fatal: calls get a graceful line until it is back.
+        log.error("llm not ready: %s (calls will hear an apology until it answers)", exc)
+
+
+async def _check_cloud_stt(transcriber: FallbackTranscriber) -> None:
+    """One cheap request (GET /v1/models) so a wrong URL or key shows at start-up."""
+    try:
+        with trio.fail_after(10):
+            cloud = transcriber.cloud
+            if isinstance(cloud, OpenAITranscriber):
+                await cloud.check()
+    except (STTError, trio.TooSlowError) as exc:
+        transcriber.breaker.failure(trio.current_time(), str(exc) or "check timed out")
+        log.warning(
+            "stt %s not ready: %s (the local model transcribes until it is)",
+            transcriber.cloud.describe(),
+            exc,
+        )
 
 
 async def warm_llm(llm: ChatClient, system_prompt: str) -> None:

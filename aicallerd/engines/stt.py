@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import trio
@@ -62,7 +62,24 @@ _NON_WORD = re.compile(r"[^\w\s']")
 
 
 class STTError(RuntimeError):
-    """The speech model could not be loaded or run."""
+    """The speech model could not be loaded or run; `status` is the HTTP status if any."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@runtime_checkable
+class SpeechToText(Protocol):
+    """What a call needs from speech recognition: local Whisper, a cloud API, or both."""
+
+    async def transcribe(self, pcm8: np.ndarray) -> str:
+        """Transcribe int16 8 kHz mono audio of one phrase; raise STTError on failure."""
+        ...
+
+    def describe(self) -> str:
+        """Short human description for logs and `aicallerctl status`."""
+        ...
 
 
 def _default_threads() -> int:

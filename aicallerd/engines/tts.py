@@ -2,7 +2,8 @@
 
 Piper synthesises in a worker thread behind its own `trio.CapacityLimiter(1)` and yields
 each sentence as soon as it is ready; ElevenLabs is streamed over a shared httpx client
-with `output_format=ulaw_8000`, so its bytes go to Twilio untouched.
+with `output_format=ulaw_8000`, so its bytes go to Twilio untouched, or (file mode, the
+seed's `ELEVEN_STREAMING=false`) fetched as a whole MP3 and transcoded.
 """
 
 import os
@@ -25,10 +26,12 @@ import trio
 from aicallerd.audio.mulaw import ulaw_encode
 from aicallerd.audio.resample import float_to_pcm16, resample
 from aicallerd.engines import bundled
+from aicallerd.engines.transcode import decode_to_ulaw
 
 log = logging.getLogger(__name__)
 
 CALL_RATE = 8000
+MP3_FORMAT = "mp3_44100_128"  # the seed's file mode; every ElevenLabs plan offers it
 
 
 class TTSError(RuntimeError):
@@ -170,7 +173,7 @@ class PiperTTS:
         return f"piper {self._name} x{self.speed:g}"
 
 
-def _eleven_error(body: bytes) -> str:
+def eleven_error(body: bytes) -> str:
     """ElevenLabs' `detail` (a dict, a validation list or a string) as one line."""
     text = body.decode("utf-8", "replace").strip()
     try:
@@ -194,7 +197,8 @@ def _eleven_error(body: bytes) -> str:
 
 
 class ElevenLabsTTS:
-    """ElevenLabs HTTP streaming in `ulaw_8000`, exactly Twilio's format.
+    """ElevenLabs over HTTP: streamed in `ulaw_8000` (Twilio's format), or with
+    `streaming=False` one MP3 per sentence, decoded and resampled to 8 kHz mu-law.
 
     Pass the daemon's shared `httpx.AsyncClient` so the TLS connection is reused; without
     one, an own client is created (close it with `aclose()`). The API key is only ever
@@ -212,6 +216,7 @@ class ElevenLabsTTS:
         speed: float = 0.9,
         stability: float = 0.5,
         similarity_boost: float = 0.75,
+        streaming: bool = True,
     ) -> None:
         if not api_key:
             raise ValueError("ElevenLabs needs an API key")
@@ -225,11 +230,21 @@ class ElevenLabsTTS:
             "similarity_boost": similarity_boost,
             "speed": self.speed,
         }
+        self.streaming = streaming
         self._own_client = client is None
         self.client = client if client is not None else httpx.AsyncClient(timeout=30.0)
 
     def __repr__(self) -> str:
         return f"ElevenLabsTTS(voice_id={self.voice_id!r}, model_id={self.model_id!r})"
+
+    def _request(self, text: str, path: str, output_format: str) -> httpx.Request:
+        return self.client.build_request(
+            "POST",
+            f"{self.base_url}/v1/text-to-speech/{self.voice_id}{path}",
+            params={"output_format": output_format},
+            headers=self._headers(),
+            json={"text": text, "model_id": self.model_id, "voice_settings": self.voice_settings},
+        )
 
     def _headers(self) -> dict[str, str]:
         return {"xi-api-key": self._api_key}
@@ -255,24 +270,31 @@ class ElevenLabsTTS:
             finally:
                 await response.aclose()
             raise TTSError(
-                f"elevenlabs: HTTP {response.status_code}: {_eleven_error(body)}",
+                f"elevenlabs: HTTP {response.status_code}: {eleven_error(body)}",
                 status=response.status_code,
             )
         return response
 
     async def stream_ulaw(self, text: str) -> AsyncIterator[bytes]:
-        """POST /v1/text-to-speech/{voice}/stream and yield the mu-law bytes as they arrive."""
+        """Streaming: POST .../stream and yield the mu-law bytes as they arrive. File mode:
+        POST /v1/text-to-speech/{voice} for an MP3 and yield it transcoded, in one piece."""
         if not text.strip():
             return
-        request = self.client.build_request(
-            "POST",
-            f"{self.base_url}/v1/text-to-speech/{self.voice_id}/stream",
-            params={"output_format": "ulaw_8000"},
-            headers=self._headers(),
-            json={"text": text, "model_id": self.model_id, "voice_settings": self.voice_settings},
-        )
+        if self.streaming:
+            request = self._request(text, "/stream", "ulaw_8000")
+        else:
+            request = self._request(text, "", MP3_FORMAT)
         response = await self._send(request)
         try:
+            if not self.streaming:
+                mp3 = await response.aread()
+                try:
+                    audio = await trio.to_thread.run_sync(decode_to_ulaw, mp3)
+                except ValueError as exc:
+                    raise TTSError(f"elevenlabs: bad MP3 from {self.base_url}: {exc}") from exc
+                if audio:
+                    yield audio
+                return
             async for chunk in response.aiter_bytes():
                 if chunk:
                     yield chunk
@@ -296,4 +318,5 @@ class ElevenLabsTTS:
 
     def describe(self) -> str:
         """E.g. "elevenlabs eleven_flash_v2_5 voice XYZ x0.9"."""
-        return f"elevenlabs {self.model_id} voice {self.voice_id} x{self.speed:g}"
+        mode = "" if self.streaming else " (mp3 files)"
+        return f"elevenlabs {self.model_id} voice {self.voice_id} x{self.speed:g}{mode}"

@@ -5,8 +5,10 @@ refused connections all behave as they would against the real service.
 """
 
 import json
+import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -31,6 +33,7 @@ class FakeHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive, so client connection reuse is exercised
     server: "_Server"
+    served = 0  # requests answered on this connection (one handler per connection)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # keep test output clean
@@ -55,6 +58,11 @@ class FakeHandler(BaseHTTPRequestHandler):
         fake = self.server.fake
         with fake.lock:
             fake.requests.append(rec)
+        if self.served == 0 and fake.connect_seconds:
+            time.sleep(fake.connect_seconds)  # a new connection: TCP and TLS handshakes
+        self.served += 1
+        if fake.rtt_seconds:
+            time.sleep(fake.rtt_seconds)  # the request's way up and the answer's way down
         try:
             fake.handle(self, rec)
         except (BrokenPipeError, ConnectionResetError):
@@ -87,6 +95,15 @@ class FakeHandler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
+    def drop(self) -> None:
+        """Cut the connection mid-response, as a crashed server or a broken network does."""
+        self.wfile.flush()
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -106,6 +123,9 @@ class LoopbackFake:
         self.lock = threading.Lock()
         self.requests: list[Recorded] = []
         self.release = threading.Event()  # set on stop: frees handlers told to stall
+        # Simulated network: paid once per new connection, and once per request.
+        self.connect_seconds = 0.0
+        self.rtt_seconds = 0.0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 

@@ -1,5 +1,8 @@
 """A fake Ollama that speaks its documented protocol on a real loopback socket.
 
+Faults on cue besides those below: `first_byte_seconds` (a slow server) and `drop_after`
+(the connection is cut after that many tokens).
+
 `/api/chat` streams a scripted reply token by token as NDJSON (`done:false` lines, then a
 final `done:true` line with eval_count/eval_duration), honours `options.num_predict`,
 preloads on empty `messages`, and can be told to fail: unknown model (404), busy (503),
@@ -41,12 +44,16 @@ class FakeOllama(LoopbackFake):
         self.error_after: int | None = None  # send an error line after this many tokens
         self.error_message = "an error was encountered while running the model: unexpected EOF"
         self.stall = False  # hold the stream (after headers) until the fake stops
+        self.first_byte_seconds = 0.0  # a slow server: nothing at all for this long
+        self.drop_after: int | None = None  # cut the connection after this many tokens
         # How /v1 reports an error mid-stream: "data" (OpenAI, vLLM) or "error" (llama.cpp).
         self.sse_error_field = "data"
         self.loaded: dict[str, str] = {}  # model -> keep_alive of the last request
 
     # -- routing -----------------------------------------------------------------------
     def handle(self, h: FakeHandler, rec: Recorded) -> None:
+        if self.first_byte_seconds and rec.method == "POST":
+            self.release.wait(self.first_byte_seconds)
         route = (rec.method, rec.path)
         if route == ("GET", "/api/version"):
             h.send_json(200, {"version": self.version})
@@ -153,6 +160,9 @@ class FakeOllama(LoopbackFake):
             h.write_chunk(json.dumps(obj).encode() + b"\n")
 
         for i, tok in enumerate(toks):
+            if self.drop_after is not None and i == self.drop_after:
+                h.drop()
+                return
             if self.error_after is not None and i == self.error_after:
                 line({"error": self.error_message})
                 h.end_chunked()
@@ -206,6 +216,9 @@ class FakeOllama(LoopbackFake):
         event([{"index": 0, "delta": {"role": "assistant", "content": None}}])
         h.write_chunk(b": keep-alive comment\n\n")
         for i, tok in enumerate(toks):
+            if self.drop_after is not None and i == self.drop_after:
+                h.drop()
+                return
             if self.error_after is not None and i == self.error_after:
                 err = {"error": {"message": self.error_message, "type": "server_error"}}
                 if self.sse_error_field == "error":
