@@ -158,9 +158,14 @@ def format_status(result: Mapping[str, Any]) -> list[str]:
     if engines:
         lines.append("")
         lines += table(
-            ("ENGINE", "READY", "DETAIL"),
+            ("ENGINE", "READY", "HEALTH", "DETAIL"),
             (
-                (e.get("name", "?"), "yes" if e.get("ready") else "no", e.get("detail", ""))
+                (
+                    e.get("name", "?"),
+                    "yes" if e.get("ready") else "no",
+                    e.get("health", "ok"),
+                    e.get("detail", ""),
+                )
                 for e in engines
             ),
         )

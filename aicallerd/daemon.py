@@ -99,11 +99,19 @@ class Daemon:
                 {"name": name, "ready": False, "detail": "loading"}
                 for name in ("vad", "stt", "llm", "tts")
             ]
+        health = e.status()  # a cloud engine's breaker: ok, degraded: why, open until ...
+        engines = {"stt": e.transcriber, "llm": e.llm, "tts": e.tts}
         return [
-            {"name": "vad", "ready": True, "detail": e.vad_name},
-            {"name": "stt", "ready": True, "detail": e.transcriber.describe()},
-            {"name": "llm", "ready": True, "detail": e.llm.describe()},
-            {"name": "tts", "ready": True, "detail": e.tts.describe()},
+            {"name": "vad", "ready": True, "detail": e.vad_name, "health": "ok"},
+            *(
+                {
+                    "name": name,
+                    "ready": not health[name].startswith("open"),
+                    "detail": engine.describe(),
+                    "health": health[name],
+                }
+                for name, engine in engines.items()
+            ),
         ]
 
     def _status_text(self) -> str:

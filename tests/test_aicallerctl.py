@@ -82,8 +82,10 @@ def test_status_table(sock: str, capsys: pytest.CaptureFixture[str]) -> None:
     lines = out.splitlines()
     assert lines[0] == "aicallerd 0.1.0 (pid 4242): ready, up 2h 03m"
     assert "config: /etc/aicaller/aicaller.conf" in lines
-    assert any(line.split()[:3] == ["stt", "yes", "faster-whisper"] for line in lines)
+    assert any(line.split()[:4] == ["stt", "yes", "ok", "faster-whisper"] for line in lines)
     assert any(line.split()[:2] == ["tts", "no"] for line in lines)
+    # A cloud engine whose breaker saw failures says so: the operator sees it degraded.
+    assert any(line.split()[:4] == ["llm", "yes", "degraded:", "connection"] for line in lines)
     assert "active calls: 1 of 4" in lines
     row = next(line for line in lines if line.startswith(SID_IN))
     assert row.split() == [SID_IN, "in", "+15550001111", "1m", "05s", "3", "active"]

@@ -114,6 +114,7 @@ class EngineStatus(TypedDict):
     name: str  # "vad" | "stt" | "llm" | "tts"
     ready: bool
     detail: str  # e.g. "faster-whisper tiny.en int8"
+    health: str  # "ok", "degraded: <why>", "open until HH:MM:SS: <why>" (a cloud engine's breaker)
 
 
 class ActiveCall(TypedDict):

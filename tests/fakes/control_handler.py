@@ -35,10 +35,15 @@ STATUS: dict[str, Any] = {
     "draining": False,
     "config": "/etc/aicaller/aicaller.conf",
     "engines": [
-        {"name": "vad", "ready": True, "detail": "silero v6"},
-        {"name": "stt", "ready": True, "detail": "faster-whisper tiny.en int8"},
-        {"name": "llm", "ready": True, "detail": "embedded llama.cpp SmolLM2-135M"},
-        {"name": "tts", "ready": False, "detail": "piper en_US-joe-medium (loading)"},
+        {"name": "vad", "ready": True, "detail": "silero v6", "health": "ok"},
+        {"name": "stt", "ready": True, "detail": "faster-whisper tiny.en int8", "health": "ok"},
+        {
+            "name": "llm",
+            "ready": True,
+            "detail": "ollama gemma3:1b",
+            "health": "degraded: connection refused",
+        },
+        {"name": "tts", "ready": False, "detail": "piper en_US-joe-medium", "health": "ok"},
     ],
     "calls": [
         {
