@@ -250,6 +250,26 @@ def test_failed_turn_is_answered_by_the_local_model(backend: str, fault: str) ->
     assert status.startswith("degraded: ")
 
 
+def test_a_stream_that_stalls_after_a_token_moves_to_the_local_model_unheard() -> None:
+    """One token, then only keep-alives: nothing was speakable yet, so the local model
+    answers the turn and the caller never hears the cloud's first word twice."""
+    with FakeOllama(reply="We open at nine.") as cloud_fake, FakeOllama(reply=LOCAL_REPLY) as local:
+        cloud_fake.stall_after = 1
+
+        async def main() -> tuple[str, str]:
+            async with httpx.AsyncClient() as http:
+                llm = FallbackChat(
+                    OpenAIChat(cloud_fake.base_url, "gemma3:1b", http),
+                    OllamaChat(local.base_url, "gemma3:1b", http),
+                    first_token_seconds=0.3,
+                )
+                return await reply(llm), llm.status()
+
+        text, status = trio.run(main)
+    assert text == LOCAL_REPLY
+    assert status.startswith("degraded: ")
+
+
 def test_cloud_reply_passes_through_and_a_late_drop_ends_the_reply() -> None:
     with FakeOllama(reply=CLOUD_REPLY) as cloud_fake, FakeOllama(reply=LOCAL_REPLY) as local_fake:
 

@@ -100,11 +100,19 @@ class FallbackTranscriber(_Guarded):
         return f"{self.cloud.describe()}, fallback {self.local.describe()}"
 
 
+_CLAUSE_END = frozenset(".,!?;:")
+
+
+def _clause_done(text: str) -> bool:
+    """Enough of the reply for the sentence splitter to speak: a clause mark, or 40 chars."""
+    return len(text) >= 40 or any(c in _CLAUSE_END for c in text)
+
+
 class FallbackChat(_Guarded):
     """A cloud LLM whose failed or late turns are answered by the local (embedded) model.
 
-    Up to the first token the turn can move to the local model unheard. A stream that breaks
-    after it has been spoken from ends there: starting the answer over would repeat it.
+    Up to its first clause the turn can move to the local model unheard. A stream that
+    breaks after that ends there: starting the answer over would repeat it.
     """
 
     kind = "llm"
@@ -125,29 +133,47 @@ class FallbackChat(_Guarded):
     async def stream_chat(
         self, messages: list[Message], *, max_tokens: int, temperature: float
     ) -> AsyncIterator[str]:
-        """Yield the cloud's reply, or the local model's when the cloud fails before a token."""
+        """Yield the cloud's reply, or the local model's when the cloud fails or stalls
+        before its first clause.
+
+        The cloud's tokens are held until the first clause is complete (the splitter would
+        not speak them sooner anyway), so a stream that breaks or goes quiet for
+        ``first_token_seconds`` before then moves to the local model with nothing said twice.
+        """
         kw = {"max_tokens": max_tokens, "temperature": temperature}
         if self._allow():
+            held: list[str] | None = []  # None once the first clause has been passed on
             settled = False
             try:
                 async with aclosing(self.cloud.stream_chat(messages, **kw)) as stream:
-                    try:
+                    while True:
                         with trio.fail_after(self.first_token_seconds):
-                            first = await anext(stream, None)
-                    except Exception as exc:
-                        settled = True
-                        self._failed(exc, "this turn is answered by the local model")
-                    else:
-                        settled = True
-                        self.breaker.success()
-                        if first is not None:
-                            yield first
-                        try:
-                            async for delta in stream:
-                                yield delta
-                        except Exception as exc:
-                            self._failed(exc, "the reply ends here")
-                        return
+                            delta = await anext(stream, None)
+                        if delta is None:
+                            break
+                        if held is None:
+                            yield delta
+                            continue
+                        held.append(delta)
+                        if _clause_done("".join(held)):
+                            settled = True
+                            self.breaker.success()
+                            yield "".join(held)
+                            held = None
+            except Exception as exc:
+                settled = True
+                if held is None:
+                    self._failed(exc, "the reply ends here")
+                    return
+                self._failed(exc, "this turn is answered by the local model")
+            else:
+                if held is None:
+                    return
+                if held:  # a short reply that never reached a clause end
+                    settled = True
+                    self.breaker.success()
+                    yield "".join(held)
+                    return
             finally:
                 if not settled:
                     self.breaker.release()

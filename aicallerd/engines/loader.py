@@ -32,6 +32,7 @@ log = logging.getLogger("aicallerd.engines")
 
 # Ollama may load a model from disk at start-up; longer than a turn's deadline, not for ever.
 PRELOAD_SECONDS = 120.0
+CLOUD_WARM_SECONDS = 15.0  # a cloud LLM with the local fallback behind it
 
 
 @dataclass
@@ -188,7 +189,9 @@ async def _warm_llm(llm: ChatClient, system_prompt: str) -> None:
     if isinstance(llm, FallbackChat):
         await _warm_llm(llm.local, system_prompt)
         try:
-            with trio.fail_after(PRELOAD_SECONDS):
+            # The local model answers meanwhile: a cloud server that is slow or stalled
+            # must not hold READY back (a stalled one would hold it forever).
+            with trio.fail_after(CLOUD_WARM_SECONDS):
                 await llm.cloud.preload()
                 await warm_llm(llm.cloud, system_prompt)
         except (LLMError, trio.TooSlowError) as exc:

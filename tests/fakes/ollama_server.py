@@ -46,6 +46,8 @@ class FakeOllama(LoopbackFake):
         self.stall = False  # hold the stream (after headers) until the fake stops
         self.first_byte_seconds = 0.0  # a slow server: nothing at all for this long
         self.drop_after: int | None = None  # cut the connection after this many tokens
+        # /v1 only: after this many tokens, send nothing but SSE keep-alive comments
+        self.stall_after: int | None = None
         # How /v1 reports an error mid-stream: "data" (OpenAI, vLLM) or "error" (llama.cpp).
         self.sse_error_field = "data"
         self.loaded: dict[str, str] = {}  # model -> keep_alive of the last request
@@ -218,6 +220,10 @@ class FakeOllama(LoopbackFake):
         for i, tok in enumerate(toks):
             if self.drop_after is not None and i == self.drop_after:
                 h.drop()
+                return
+            if self.stall_after is not None and i == self.stall_after:
+                while not self.release.wait(0.5):
+                    h.write_chunk(b": keep-alive\n\n")
                 return
             if self.error_after is not None and i == self.error_after:
                 err = {"error": {"message": self.error_message, "type": "server_error"}}
