@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # the same way systemd hands the daemon STATE_DIRECTORY and RUNTIME_DIRECTORY.
 RUNDIR := $(CURDIR)/.run
 
-.PHONY: install run call test lint bench bench-load bench-bargein bench-all bench-idle system-deps clean
+.PHONY: install run call test lint bench bench-load bench-bargein bench-all bench-idle bench-cloud system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench-load: $(STAMP) system-deps
 
 bench-bargein: $(STAMP) system-deps
 	$(BIN)/python -m bench.latency --barge-in $(ARGS)
+
+# Many calls on one node with the engines remote (loopback stand-ins of Ollama/OpenAI and
+# ElevenLabs, first byte 150-300 ms): N = 10, 25, 50, 75, each level at most 60 s.
+bench-cloud: $(STAMP) system-deps
+	$(BIN)/python -m bench.cloudload $(ARGS)
 
 bench-all: $(STAMP) system-deps
 	$(BIN)/python -m bench.latency --conversation --concurrency 1,2,4,8 --barge-in $(ARGS)

@@ -76,6 +76,14 @@ class ServerConfig(Section):
         restart=True,
         comment="Path of the Media Streams WebSocket under public_url (wss://).",
     )
+    node: str = key(
+        "",
+        pattern(r"([a-z0-9-]{1,32})?", '"" or a node name of a-z, 0-9 and -, at most 32'),
+        env="AICALLER_NODE",
+        restart=True,
+        comment='This daemon\'s name behind a shared proxy: its stream is at stream_path + "/" '
+        '+ node (docs/Caddyfile.cluster); "" = the only node.',
+    )
     max_concurrent_calls: int = key(
         4,
         number(int, 1),
@@ -351,9 +359,16 @@ class Config:
         return split_listen(self.server.listen)[1]
 
     @property
+    def stream_route(self) -> str:
+        """The path this daemon serves its Media Stream on: behind a shared proxy the node's
+        name is appended, so the proxy can send each stream to the node that issued its token."""
+        node = self.server.node
+        return f"{self.server.stream_path.rstrip('/')}/{node}" if node else self.server.stream_path
+
+    @property
     def stream_url(self) -> str:
-        """The wss:// URL Twilio opens for the Media Stream."""
-        return "wss://" + self.server.public_url.removeprefix("https://") + self.server.stream_path
+        """The wss:// URL Twilio opens for the Media Stream (and signs its upgrade for)."""
+        return "wss://" + self.server.public_url.removeprefix("https://") + self.stream_route
 
     @property
     def voice_url(self) -> str:

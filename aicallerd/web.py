@@ -8,7 +8,7 @@ stays out of the way:
   with ``<Connect><Stream>`` and a per-call token, or the busy message.
 - ``POST /status``: Twilio's call progress callbacks, into the call log.
 - ``POST /call/<contact>``: the HTTP call trigger (``Authorization: Bearer``).
-- ``WS <stream_path>``: the Media Stream (signed upgrade only); becomes a call.
+- ``WS <stream_path>[/<node>]``: the Media Stream (signed upgrade only); becomes a call.
 
 Anything from the network that reaches a log line goes through `shown` (repr, truncated).
 """
@@ -221,7 +221,7 @@ def create_app(calls: Calls) -> QuartTrio:
         ok = calls.ready
         return _text("ok" if ok else "starting", 200 if ok else 503)
 
-    @app.websocket(calls.config.server.stream_path)
+    @app.websocket(calls.config.stream_route)
     async def stream() -> Response | None:
         cfg = calls.config
         signature = websocket.headers.get("X-Twilio-Signature", "")

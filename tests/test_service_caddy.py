@@ -49,9 +49,11 @@ def test_caddyfile_is_valid():
     assert "Valid configuration" in proc.stdout + proc.stderr
 
 
-def loopback_caddyfile(tmp: Path, admin: int, http: int, https: int) -> str:
-    """The repository's Caddyfile, moved to loopback high ports with Caddy's internal CA."""
-    text = REPO_CADDYFILE.read_text()
+def loopback_caddyfile(
+    tmp: Path, admin: int, http: int, https: int, source: Path = REPO_CADDYFILE
+) -> str:
+    """A shipped Caddyfile, moved to loopback high ports with Caddy's internal CA."""
+    text = source.read_text()
     assert SITE in text and "/var/log/caddy/aicaller-access.log" in text
     text = text.replace(SITE, SITE + "\n\ttls internal")
     text = text.replace("/var/log/caddy/aicaller-access.log", str(tmp / "access.log"))
@@ -67,29 +69,40 @@ def loopback_caddyfile(tmp: Path, admin: int, http: int, https: int) -> str:
 
 
 class Caddy:
-    def __init__(self, tmp: Path, upstream_port: int) -> None:
+    """A real Caddy on loopback running ``source`` (a shipped Caddyfile) with ``upstreams``
+    (its environment variables naming where the daemons listen). Its ports are known at once
+    (``url``); the process runs from `start` to `stop`."""
+
+    def __init__(self, tmp: Path, upstreams: dict[str, str], source: Path = REPO_CADDYFILE) -> None:
         self.tmp = tmp
         self.admin, self.http, self.https = free_port(), free_port(), free_port()
         config = tmp / "Caddyfile"
-        config.write_text(loopback_caddyfile(tmp, self.admin, self.http, self.https))
-        env = {
+        config.write_text(loopback_caddyfile(tmp, self.admin, self.http, self.https, source))
+        self._config = config
+        self._env = {
             **os.environ,
             "HOME": str(tmp),
             "XDG_DATA_HOME": str(tmp / "data"),
             "XDG_CONFIG_HOME": str(tmp / "config"),
             "AICALLER_DOMAIN": "localhost",
-            "AICALLER_UPSTREAM": f"127.0.0.1:{upstream_port}",
+            **upstreams,
         }
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        """Run Caddy and return once it serves its site certificate."""
         self.proc = subprocess.Popen(
-            ["caddy", "run", "--config", str(config), "--adapter", "caddyfile"],
+            ["caddy", "run", "--config", str(self._config), "--adapter", "caddyfile"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=env,
+            env=self._env,
             text=True,
         )
         threading.Thread(target=self._pump, daemon=True).start()
+        # Ready when its site certificate (from the internal CA) is in place.
+        self.wait_for('"certificate obtained successfully","identifier":"localhost"')
 
     def _pump(self) -> None:
         assert self.proc.stderr is not None
@@ -115,6 +128,8 @@ class Caddy:
         return str(self.tmp / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt")
 
     def stop(self) -> None:
+        if self.proc is None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=20)
@@ -128,10 +143,9 @@ def deployed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("caddy")
     port = free_port()
     (tmp / "caddy").mkdir()
-    caddy = Caddy(tmp / "caddy", port)
+    caddy = Caddy(tmp / "caddy", {"AICALLER_UPSTREAM": f"127.0.0.1:{port}"})
     try:
-        # Ready when its site certificate (from the internal CA) is in place.
-        caddy.wait_for('"certificate obtained successfully","identifier":"localhost"')
+        caddy.start()
         d = launch(tmp / "daemon", port=port, public_url=caddy.url)
         try:
             yield d, caddy
