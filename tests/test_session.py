@@ -521,6 +521,29 @@ def test_a_peer_that_stops_reading_is_ended() -> None:
     assert blocked_at[-1] - blocked_at[0] == pytest.approx(5.0, abs=0.05)
 
 
+def test_a_slow_voice_leaves_no_gap_after_a_short_first_clause() -> None:
+    """A cloud voice's first audio takes 0.3 s per request; "Sure," plays in 0.25 s. The next
+    sentence is synthesized while the clause plays, so the caller hears no gap."""
+    reply = "Sure, there is free parking right behind the building."
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await settle(h)
+
+    h = run_call(
+        caller,
+        llm=FakeLLM({"w1 w2 w3": reply}, token_delay=0.005),
+        tts=FakeTTS(delay=0.3),
+    )
+    assert [label for label, _ in labels(h.segments())] == [
+        "Sure,",
+        "there is free parking right behind the building.",
+    ]
+    said = h.said[0]
+    assert said.underruns == 0 and said.gap_frames == 0
+
+
 # -- 6. limits -----------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ frames at once (what the caller heard is then read from the marks).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -107,6 +108,28 @@ async def _offer(
     return not reply_filter.done
 
 
+async def _render(tts: Synthesizer, text: str, out: trio.MemorySendChannel[bytes]) -> None:
+    async with out, aclosing(tts.stream_ulaw(text)) as chunks:
+        async for chunk in chunks:
+            await out.send(chunk)
+
+
+async def _prefetch(
+    tts: Synthesizer,
+    sentences: trio.MemoryReceiveChannel[str],
+    rendered: trio.MemorySendChannel[tuple[str, float, trio.MemoryReceiveChannel[bytes]]],
+    nursery: trio.Nursery,
+) -> None:
+    """Start each sentence's synthesis as soon as it is written, so the next sentence's
+    first audio (a cloud voice's first byte, 150-300 ms) is not waited for after the
+    current one has played out: that wait was an audible gap after a short first clause."""
+    async with sentences, rendered:
+        async for text in sentences:
+            send, receive = trio.open_memory_channel[bytes](math.inf)
+            nursery.start_soon(_render, tts, text, send)
+            await rendered.send((text, trio.current_time(), receive))
+
+
 async def _synthesize(
     tts: Synthesizer,
     player: Player | Gate,
@@ -115,23 +138,30 @@ async def _synthesize(
     on_first_frame: Callable[[float], None],
     sentences: trio.MemoryReceiveChannel[str],
 ) -> None:
-    async with sentences:
-        async for text in sentences:
-            t_sentence = trio.current_time()
-            audio = bytearray()
-            async for chunk in tts.stream_ulaw(text):
-                if not reply.sentences and not audio:
-                    # The voice's own lead-in silence would only delay the first word.
-                    chunk = trim_leading_silence(chunk)
-                    if not chunk:
-                        continue
-                if not audio and legs.tts_first_audio is None:
-                    legs.tts_first_audio = trio.current_time() - t_sentence
-                player.enqueue_audio(chunk, on_sent=None if audio else on_first_frame)
-                audio += chunk
-            mark = f"{reply.mark_prefix}-s{len(reply.sentences) + 1}"
-            reply.sentences.append(Spoken(mark, text, bytes(audio)))
-            player.enqueue_mark(mark)
+    """Queue each sentence's audio, in order, with its mark after it."""
+    async with trio.open_nursery() as nursery:
+        # Capacity 0: at most the sentence being queued and the next one are synthesizing.
+        send, rendered = trio.open_memory_channel[
+            tuple[str, float, trio.MemoryReceiveChannel[bytes]]
+        ](0)
+        nursery.start_soon(_prefetch, tts, sentences, send, nursery)
+        async with rendered:
+            async for text, t_sentence, chunks in rendered:
+                audio = bytearray()
+                async with chunks:
+                    async for chunk in chunks:
+                        if not reply.sentences and not audio:
+                            # The voice's own lead-in silence would only delay the first word.
+                            chunk = trim_leading_silence(chunk)
+                            if not chunk:
+                                continue
+                        if not audio and legs.tts_first_audio is None:
+                            legs.tts_first_audio = trio.current_time() - t_sentence
+                        player.enqueue_audio(chunk, on_sent=None if audio else on_first_frame)
+                        audio += chunk
+                mark = f"{reply.mark_prefix}-s{len(reply.sentences) + 1}"
+                reply.sentences.append(Spoken(mark, text, bytes(audio)))
+                player.enqueue_mark(mark)
 
 
 async def speak_reply(
