@@ -522,7 +522,7 @@ def test_a_peer_that_stops_reading_is_ended() -> None:
 
 
 def test_a_slow_voice_leaves_no_gap_after_a_short_first_clause() -> None:
-    """A cloud voice's first audio takes 0.3 s per request; "Sure," plays in 0.25 s. The next
+    """A cloud voice's first audio takes 0.4 s per request; "Sure," plays in 0.25 s. The next
     sentence is synthesized while the clause plays, so the caller hears no gap."""
     reply = "Sure, there is free parking right behind the building."
 
@@ -533,15 +533,17 @@ def test_a_slow_voice_leaves_no_gap_after_a_short_first_clause() -> None:
 
     h = run_call(
         caller,
+        call_settings=settings(speculative=False),  # nothing rendered ahead of the commit
         llm=FakeLLM({"w1 w2 w3": reply}, token_delay=0.005),
-        tts=FakeTTS(delay=0.3),
+        tts=FakeTTS(delay=0.4),
     )
-    assert [label for label, _ in labels(h.segments())] == [
+    clause, rest = h.segments()
+    assert (clause.label, rest.label) == (
         "Sure,",
         "there is free parking right behind the building.",
-    ]
-    said = h.said[0]
-    assert said.underruns == 0 and said.gap_frames == 0
+    )
+    # The sentence's first frame follows the clause's last one by one frame: no gap.
+    assert rest.first_t - clause.last_t == pytest.approx(FRAME_SECONDS, abs=0.001)
 
 
 # -- 6. limits -----------------------------------------------------------------------------
