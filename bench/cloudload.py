@@ -8,9 +8,9 @@ The daemon runs with the LLM and TTS on local stand-ins of hosted engines
 (``bench.engine_standins``: Ollama ``/api/chat`` or OpenAI ``/v1/chat/completions``, and
 ElevenLabs HTTP streaming in ulaw_8000, first byte after 150-300 ms), so its own work is
 moving audio. Speech to text is local Whisper (the embedded default) unless ``--cloud-stt``:
-that sets ``stt.use_local_whisper = false`` and ``stt.url`` to the stand-in's
-OpenAI-compatible ``/v1/audio/transcriptions``, for once the daemon has a cloud STT client
-(issue 12); ``--set stt.<key>={engines}`` names other keys (``{engines}`` = the stand-in URL).
+that sets ``stt.use_local_whisper = false`` and ``stt.api_url`` to the stand-in's
+OpenAI-compatible ``/v1/audio/transcriptions``; ``--set section.key={engines}`` sets other
+keys (``{engines}`` = the stand-in URL).
 
 For each level N, N calls through the Twilio stand-in start within ``--spread`` seconds and
 each says ``--turns`` utterances, waiting for each reply. A reply is on time when it came and
@@ -125,7 +125,7 @@ def settings_for(engines: str, llm: str, cloud_stt: bool, extra: list[str]) -> l
         f"tts.elevenlabs_voice_id={VOICE}",
     ]
     if cloud_stt:
-        base += ["stt.use_local_whisper=false", f"stt.url={engines}"]
+        base += ["stt.use_local_whisper=false", f"stt.api_url={engines}", "stt.api_key=sk-bench"]
     return base + [s.replace("{engines}", engines) for s in extra]
 
 
