@@ -32,6 +32,7 @@ log = logging.getLogger("aicallerd.engines")
 
 # Ollama may load a model from disk at start-up; longer than a turn's deadline, not for ever.
 PRELOAD_SECONDS = 120.0
+MAX_LLM_SLOTS = 8
 CLOUD_WARM_SECONDS = 15.0  # a cloud LLM with the local fallback behind it
 
 
@@ -153,7 +154,10 @@ async def load_engines(cfg: Config) -> Engines:
         llm: ChatClient
         local_llm: ChatClient | None = None
         if cfg.llm.backend == "embedded" or cfg.llm.local_fallback:
-            llama = EmbeddedLlamaServer(model_path=cfg.llm.embedded_model)
+            # One slot per call it may serve at once: each call's prompt and history stay in
+            # its slot's cache, and simultaneous turns decode together instead of queueing.
+            slots = max(1, min(cfg.server.max_concurrent_calls, MAX_LLM_SLOTS))
+            llama = EmbeddedLlamaServer(model_path=cfg.llm.embedded_model, parallel=slots)
             await trio.to_thread.run_sync(llama.start)
             local_llm = OpenAIChat(llama.base_url, llama.model_name, http, api_key=llama.api_key)
         if cfg.llm.backend == "embedded":
