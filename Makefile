@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # the same way systemd hands the daemon STATE_DIRECTORY and RUNTIME_DIRECTORY.
 RUNDIR := $(CURDIR)/.run
 
-.PHONY: install run call test lint bench system-deps clean
+.PHONY: install run call test lint bench bench-endpointing system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench-load: $(STAMP) system-deps
 
 bench-bargein: $(STAMP) system-deps
 	$(BIN)/python -m bench.latency --barge-in $(ARGS)
+
+# Adaptive vs fixed end of turn: numbers read out with pauses (cut-offs), complete questions.
+bench-endpointing: $(STAMP) system-deps
+	$(BIN)/python -m bench.endpointing $(ARGS)
 
 bench-all: $(STAMP) system-deps
 	$(BIN)/python -m bench.latency --conversation --concurrency 1,2,4,8 --barge-in $(ARGS)
