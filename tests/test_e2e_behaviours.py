@@ -31,7 +31,6 @@ from aicallerctl.testcall import (
 from aicallerd.audio.mulaw import ulaw_decode
 from aicallerd.twilio import media
 from aicallerd.twilio.signature import compute_signature
-from bench.wer import normalize
 
 pytestmark = pytest.mark.e2e
 
@@ -80,7 +79,7 @@ def test_opening_hours_then_goodbye_ends_the_call(daemon):
     assert len(heard) == 2, (heard, daemon.log_text()[-2000:])
     # The owner's facts are in the model's prompt, but SmolLM2-135M does not reliably repeat
     # them ("I'm happy to assist with any requests..." in our runs): only an answer is asserted.
-    greeting, answer, farewell = turns(daemon.db_path, result.call_sid, "agent")
+    _greeting, answer, farewell = turns(daemon.db_path, result.call_sid, "agent")
     assert answer.strip(), daemon.log_text()[-2000:]
     assert farewell == "Thank you for calling. Goodbye!"
     # The goodbye: the farewell line, then the stream closed by the daemon within 3 s.
@@ -136,7 +135,7 @@ async def key_call(d, digits: str) -> CallResult:
 def test_keys_reach_the_model_and_the_call_log(daemon):
     result = trio.run(key_call, daemon, "123#")
     assert turns(daemon.db_path, result.call_sid, "caller") == ["The caller pressed 1 2 3."]
-    greeting, answer = turns(daemon.db_path, result.call_sid, "agent")
+    _greeting, answer = turns(daemon.db_path, result.call_sid, "agent")
     assert answer.strip()
     # The model got the keys as the caller's words: its turn is logged with them.
     daemon.wait_for("caller='The caller pressed 1 2 3.'")
