@@ -73,6 +73,7 @@ def settings(**overrides: object) -> CallSettings:
         barge_in_ignore_backchannels=True,
         speculative=True,
         store_audio_dir=None,
+        end_of_turn="fixed",  # the sections below feed late transcripts; 12 tests "adaptive"
     )
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -601,7 +602,7 @@ def spoken_then_paused(call: Call, text: str, seconds: float = 1.0) -> list[Acti
 
 
 def test_caller_goodbye_gets_the_farewell_line_then_the_call_closes() -> None:
-    call = Call()
+    call = Call(end_of_turn="adaptive")
     at_pause = spoken_then_paused(call, "Okay, thank you very much. Goodbye.")
     assert only(at_pause, StartReply) == []  # no reply is prepared for a goodbye
     end = acts(call.silence(0.1))  # a complete sentence: 0.4 s of silence ends the turn
@@ -614,7 +615,7 @@ def test_caller_goodbye_gets_the_farewell_line_then_the_call_closes() -> None:
 
 
 def test_a_bye_that_goes_on_gets_a_reply_and_no_hang_up() -> None:
-    call = Call()
+    call = Call(end_of_turn="adaptive")
     (start,) = only(spoken_then_paused(call, "Bye the way, what are your hours?"), StartReply)
     assert start.messages[-1] == user("Bye the way, what are your hours?")
     assert kinds(acts(call.silence(0.1))) == [CommitReply]
@@ -623,7 +624,7 @@ def test_a_bye_that_goes_on_gets_a_reply_and_no_hang_up() -> None:
 
 def test_caller_who_goes_on_after_bye_is_answered_not_hung_up_on() -> None:
     """ "Okay bye" at a pause, then "and one more thing...": the farewell never happens."""
-    call = Call()
+    call = Call(end_of_turn="adaptive")
     assert only(spoken_then_paused(call, "Okay, bye."), StartReply) == []
     call.speak(0.6)
     job = job_of(call.silence(0.3))
@@ -636,7 +637,7 @@ def test_caller_who_goes_on_after_bye_is_answered_not_hung_up_on() -> None:
 
 
 def test_caller_goodbye_over_the_agent_stops_it_and_says_farewell() -> None:
-    call = Call()
+    call = Call(end_of_turn="adaptive")
     committed_turn(call)
     call.speaking = True
     assert CancelReply(1, "barge-in") in acts(call.speak(0.6))
@@ -648,7 +649,7 @@ def test_caller_goodbye_over_the_agent_stops_it_and_says_farewell() -> None:
 
 
 def test_reply_ending_with_goodbye_closes_once_played() -> None:
-    call = Call()
+    call = Call(end_of_turn="adaptive")
     committed_turn(call, "thanks, that's all")
     reply = "You're welcome. Goodbye!"
     done = call.reply_done(1, outcome(reply, reply))
@@ -664,7 +665,7 @@ def test_reply_ending_with_goodbye_closes_once_played() -> None:
     ],
 )
 def test_reply_without_a_heard_goodbye_keeps_the_call_open(text: str, heard: str) -> None:
-    call = Call()
+    call = Call(end_of_turn="adaptive")
     committed_turn(call)
     assert kinds(call.reply_done(1, outcome(text, heard))) == [Record]
     assert not call.conv.closing
@@ -678,7 +679,7 @@ def keys(call: Call, digits: str, at: float, step: float = 0.3) -> list[Action]:
 
 
 def test_keys_become_a_turn_after_a_short_pause() -> None:
-    call = Call()
+    call = Call(end_of_turn="adaptive")
     assert kinds(keys(call, "123", at=2.0)) == [Note, Note, Note]
     assert call.conv.next_tick() == pytest.approx(2.6 + 1.5)
     assert call.conv.tick(4.0, False) == []
@@ -691,7 +692,7 @@ def test_keys_become_a_turn_after_a_short_pause() -> None:
 
 
 def test_hash_ends_the_keys_at_once() -> None:
-    call = Call()
+    call = Call(end_of_turn="adaptive")
     out = keys(call, "42#", at=2.0)
     (start,) = only(out, StartReply)
     assert start.messages[-1] == user("The caller pressed 4 2.")
@@ -699,7 +700,7 @@ def test_hash_ends_the_keys_at_once() -> None:
 
 
 def test_a_key_interrupts_the_agent() -> None:
-    call = Call()
+    call = Call(end_of_turn="adaptive")
     committed_turn(call)
     call.speaking = True
     call.silence(0.2)
@@ -708,14 +709,14 @@ def test_a_key_interrupts_the_agent() -> None:
 
 
 def test_keys_reset_the_silence_limit_and_can_be_ignored() -> None:
-    call = Call(dtmf="ignore")
+    call = Call(dtmf="ignore", end_of_turn="adaptive")
     assert call.conv.dtmf("1", 50.0) == [Note("dtmf 1 (ignored)")]
     assert call.conv.tick(52.0, False) == []  # no key turn
     assert call.conv.next_tick() == 110.0
 
 
 def test_complete_question_is_answered_after_the_short_pause() -> None:
-    call = Call()
+    call = Call(end_of_turn="adaptive")
     spoken_then_paused(call, "What time do you open?")
     (commit,) = acts(call.silence(0.1))
     assert commit == CommitReply(1, speech_end=pytest.approx(1.0), decided=pytest.approx(1.4))
@@ -731,7 +732,7 @@ def test_fixed_end_of_turn_waits_the_fixed_pause_for_everything() -> None:
 
 def test_number_being_read_out_is_waited_for() -> None:
     """ "My number is 5 5 5" and a 1.2 s pause: still the caller's turn; they go on."""
-    call = Call()
+    call = Call(end_of_turn="adaptive")
     (start,) = only(spoken_then_paused(call, "My number is 5 5 5."), StartReply)
     assert only(acts(call.silence(1.2)), CommitReply) == []  # 1.5 s of silence: not done
     assert acts(call.speak(0.8)) == [CancelReply(start.turn, "discarded")]
@@ -743,15 +744,27 @@ def test_number_being_read_out_is_waited_for() -> None:
     assert commit.decided - commit.speech_end == pytest.approx(1.8)
 
 
+def test_adaptive_turn_waits_for_the_words_before_it_ends() -> None:
+    """The transcript is late: the turn does not end at the default pause but when the words
+    say it is over (no reply could start before them anyway)."""
+    call = Call(end_of_turn="adaptive")
+    call.speak(1.0)
+    job = job_of(call.silence(0.3))
+    assert only(acts(call.silence(0.6)), CommitReply) == []  # 0.9 s of silence, no words yet
+    assert kinds(call.transcribed(job, "What time do you open?")) == [Note, StartReply]
+    (commit,) = acts(call.silence(0.02))  # the words are in: the next frame ends the turn
+    assert commit.decided == pytest.approx(1.92)
+
+
 def test_unknown_words_keep_the_default_pause() -> None:
-    call = Call()
+    call = Call(end_of_turn="adaptive")
     spoken_then_paused(call, "w1 w2")
     assert acts(call.silence(0.28)) == []
     assert kinds(acts(call.silence(0.02))) == [CommitReply]
 
 
 def test_hold_on_gets_a_short_line_and_a_longer_silence_limit() -> None:
-    call = Call(max_silence_seconds=10.0)
+    call = Call(max_silence_seconds=10.0, end_of_turn="adaptive")
     spoken_then_paused(call, "Hold on, one moment.")
     out = acts(call.silence(0.1))
     assert kinds(out) == [RecordCaller, Note, SayLine] and out[-1] == SayLine("hold", HOLD)

@@ -348,6 +348,10 @@ class Conversation:
             phrase.chunks.append(ev.pcm8)
         elif isinstance(ev, Pause):
             self._heard(phrase, ev.pending_pcm8, out)
+            if self.settings.end_of_turn == "adaptive" and phrase.pending:
+                # Until the words are in, the turn is not over: no reply can start before
+                # them anyway, and a number read out slowly must not be cut at the default.
+                self.endpointer.set_turn_silence(self.settings.unfinished_silence_seconds)
             if self.settings.speculative and self._turn is None and not self.closing:
                 self.speculations["started"] += 1
                 self._turn = self._new_turn(phrase, speculative=True)
@@ -416,6 +420,7 @@ class Conversation:
             return
         kind = end_of_turn(phrase.text())
         if kind is TurnEnd.UNKNOWN:
+            self.endpointer.set_turn_silence(None)  # the default pause, counted from the pause
             return
         seconds = (
             s.complete_silence_seconds if kind is TurnEnd.COMPLETE else s.unfinished_silence_seconds
