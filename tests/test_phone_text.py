@@ -80,6 +80,9 @@ TURN_ENDS = [
     ("It's 0 7 7 0.", TurnEnd.UNFINISHED),
     ("five five five", TurnEnd.UNFINISHED),
     ("My number is", TurnEnd.UNFINISHED),
+    ("My number is time time time.", TurnEnd.UNFINISHED),  # Whisper's "five five five"
+    ("My number is 555 1234.", TurnEnd.UNFINISHED),  # digits at the end: may go on
+    ("My number is 555 1234, please call me back.", TurnEnd.COMPLETE),
     # a name being spelled
     ("It's spelled S, M, I.", TurnEnd.UNFINISHED),
     ("S-M-I-T-H.", TurnEnd.UNFINISHED),

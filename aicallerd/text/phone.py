@@ -96,6 +96,10 @@ _INTRO = re.compile(
     r"spelt|letters?|at)$"
 )
 _SPELLING = re.compile(r"\b(?:spelled|spelt|spell(?:ing)?)\b")
+# "my number is ..." with fewer digits after it than a phone number has: still being read out
+# (whatever Whisper made of the digits: "five five five" is often "time time time").
+_NUMBER_INTRO = re.compile(r"\b(?:my|the|phone|mobile|cell) number is\b(.*)$")
+PHONE_DIGITS = 7
 
 
 def _is_number(token: str) -> bool:
@@ -126,6 +130,12 @@ def end_of_turn(text: str) -> TurnEnd:
     last = tokens[-1]
     if last in _CONTINUERS:
         return TurnEnd.UNFINISHED
+    intro = _NUMBER_INTRO.search(" ".join(tokens))
+    if intro is not None:
+        said = intro.group(1).split()
+        digits = sum(len(t) if t.isdigit() else t in _NUMBER_WORDS for t in said)
+        if digits < PHONE_DIGITS:
+            return TurnEnd.UNFINISHED
     for is_item in (_is_number, _is_letter):
         run = 0
         while run < len(tokens) and is_item(tokens[-1 - run]):
