@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # the same way systemd hands the daemon STATE_DIRECTORY and RUNTIME_DIRECTORY.
 RUNDIR := $(CURDIR)/.run
 
-.PHONY: install run call test lint bench bench-load bench-bargein bench-all bench-idle bench-cloud system-deps clean
+.PHONY: install run call test lint bench bench-load bench-bargein bench-all bench-idle bench-cloud bench-endpointing system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench-bargein: $(STAMP) system-deps
 # ElevenLabs, first byte 150-300 ms): N = 10, 25, 50, 75, each level at most 60 s.
 bench-cloud: $(STAMP) system-deps
 	$(BIN)/python -m bench.cloudload $(ARGS)
+
+# Adaptive vs fixed end of turn: numbers read out with pauses (cut-offs), complete questions.
+bench-endpointing: $(STAMP) system-deps
+	$(BIN)/python -m bench.endpointing $(ARGS)
 
 bench-all: $(STAMP) system-deps
 	$(BIN)/python -m bench.latency --conversation --concurrency 1,2,4,8 --barge-in $(ARGS)

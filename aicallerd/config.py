@@ -390,6 +390,10 @@ def _check_across(values: dict[str, Any], origin: dict[str, str]) -> None:
             "turn.chunk_silence_seconds",
             f"less than [turn] done_speaking_silence_seconds ({done:g})",
         )
+    chunk = values["turn.chunk_silence_seconds"]
+    for name in ("turn.complete_silence_seconds", "turn.unfinished_silence_seconds"):
+        if values[name] <= chunk:
+            fail(name, f"more than [turn] chunk_silence_seconds ({chunk:g})")
     max_chunk = values["turn.max_chunk_seconds"]
     if values["turn.min_chunk_seconds"] > max_chunk:
         fail("turn.min_chunk_seconds", f"at most [turn] max_chunk_seconds ({max_chunk:g})")

@@ -189,6 +189,35 @@ class CallConfig(Section):
         number(float, 0, above=True),
         comment="Deadline for one transcription; past it that audio counts as unheard.",
     )
+    farewell: str = key(
+        "Thank you for calling. Goodbye!",
+        text(nonempty=True),
+        comment="Spoken before hanging up when the caller's turn ends with a goodbye (\"Okay, "
+        'thanks. Bye!").',
+    )
+    hold_line: str = key(
+        "Sure, take your time.",
+        text(nonempty=True),
+        comment='Said when the caller asks to wait ("hold on", "one moment"); the assistant '
+        "then waits, with the silence limit tripled, until the caller speaks again.",
+    )
+    dtmf: str = key(
+        "pass",
+        choice("pass", "ignore"),
+        comment='Key presses: "pass" = collected into a turn the model reads '
+        '("the caller pressed 1 2 3"); "ignore" = only logged.',
+    )
+    dtmf_pause_seconds: float = key(
+        1.5,
+        number(float, 0, above=True),
+        comment="Keys end their turn after this pause without a key (or at once on #).",
+    )
+    max_reply_words: int = key(
+        30,
+        number(int, 1),
+        comment="A reply stops before the sentence that would take it past this many words "
+        "(about ten seconds of speech).",
+    )
 
 
 @dataclass(frozen=True, repr=False)
@@ -223,7 +252,27 @@ class TurnConfig(Section):
         0.6,
         number(float, 0, above=True),
         env="DONE_SPEAKING_SILENCE_DURATION_SECONDS",
-        comment="A pause this long ends the caller's turn (must exceed chunk_silence_seconds).",
+        comment="A pause this long ends the caller's turn (must exceed chunk_silence_seconds); "
+        'with end_of_turn = "adaptive", when the words so far say neither way.',
+    )
+    end_of_turn: str = key(
+        "adaptive",
+        choice("adaptive", "fixed"),
+        comment='"adaptive": the words heard at a pause choose the pause that ends the turn '
+        "(complete question or sentence: complete_silence_seconds; a number, a name being "
+        'spelled, a trailing "and" or comma: unfinished_silence_seconds); '
+        '"fixed": done_speaking_silence_seconds always.',
+    )
+    complete_silence_seconds: float = key(
+        0.4,
+        number(float, 0, above=True),
+        comment="End of turn after a complete question or sentence "
+        "(must exceed chunk_silence_seconds).",
+    )
+    unfinished_silence_seconds: float = key(
+        1.8,
+        number(float, 0, above=True),
+        comment="End of turn when what was said so far is clearly unfinished.",
     )
     min_chunk_seconds: float = key(
         0.5,

@@ -20,7 +20,10 @@ Event timeline for "word ... word" with a short pause::
   silence makes Whisper hallucinate; it starts `lead_in_seconds` before its speech (pre-roll ring
   buffer) so the first phoneme is not clipped; it never exceeds `max_chunk_seconds`.
 - Silence of `done_speaking_silence_seconds` ends the phrase: any pending chunk goes out with
-  ``final=True``, then `PhraseEnd`.
+  ``final=True``, then `PhraseEnd`. Whoever knows the words so far may change that pause for
+  the current stretch of the phrase (:meth:`Endpointer.set_turn_silence`: shorter after a
+  complete question, longer while a number is read out); it is back to the default at the
+  next phrase and whenever the caller resumes after a pause.
 
 Times are audio seconds since the stream started (Twilio media timestamps). `SpeechStart.t` and
 `Resume.t` are speech onsets; `Pause.t` and `PhraseEnd.t` are when the silence reached the
@@ -168,6 +171,25 @@ class Endpointer:
         return self.in_phrase and self._silence_start_t is None
 
     @property
+    def turn_silence(self) -> float:
+        """The silence that ends the current phrase."""
+        if self._turn_silence is None:
+            return self.settings.done_speaking_silence_seconds
+        return self._turn_silence
+
+    def set_turn_silence(self, seconds: float | None) -> None:
+        """End the current phrase after ``seconds`` of silence instead of the default (None).
+
+        Holds until the caller resumes or the phrase ends. A silence already longer than
+        ``seconds`` ends the phrase on the next frame. Never below ``chunk_silence_seconds``:
+        the end of a turn follows its ``Pause``.
+        """
+        if seconds is not None and seconds <= self.settings.chunk_silence_seconds:
+            raise ValueError("the turn silence must exceed chunk_silence_seconds")
+        if self.in_phrase:
+            self._turn_silence = seconds
+
+    @property
     def silence_seconds(self) -> float:
         """Length of the current run of silence (0 while speaking)."""
         if self._end_t is None or self.speaking:
@@ -217,6 +239,7 @@ class Endpointer:
         self._chunk_speech_start_t = 0.0
         self._chunk_speech_end = 0  # samples into the open chunk where its last speech ends
         self._silence_start_t: float | None = None
+        self._turn_silence: float | None = None  # set_turn_silence, for this stretch only
         self._paused = False
         self._run_start_t: float | None = None  # speech run not yet long enough to count
         self._run_len = 0
@@ -278,6 +301,7 @@ class Endpointer:
             assert onset is not None
             if self._paused:
                 events.append(Resume(self._phrase_id, onset))
+                self._turn_silence = None
             self._silence_start_t = None
             self._paused = False
             if self._chunk is None:
@@ -335,11 +359,11 @@ class Endpointer:
                 pending = buf[: min(len(buf), self._chunk_speech_end + self._tail)].copy()
             at = self._silence_start_t + s.chunk_silence_seconds
             events.append(Pause(self._phrase_id, at, self._silence_start_t, pending))
-        if silence >= s.done_speaking_silence_seconds - _EPS:
+        if silence >= self.turn_silence - _EPS:
             if self._chunk is not None:
                 self._cut_chunk(final=True, events=events)
             assert self.last_speech_t is not None
-            at = self._silence_start_t + s.done_speaking_silence_seconds
+            at = self._silence_start_t + self.turn_silence
             events.append(PhraseEnd(self._phrase_id, self._chunks_emitted, self.last_speech_t, at))
             self._clear_phrase()
 

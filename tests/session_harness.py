@@ -61,6 +61,7 @@ WORDS: dict[str, tuple[float, float]] = {
     "w6": (1150.0, 0.34),
     "w7": (1300.0, 0.30),
     "yeah": (1750.0, 0.30),
+    "goodbye": (1450.0, 0.36),  # a closing: the call ends after the farewell line
 }
 WORD_GAP = 0.1  # between words of one utterance: far below chunk_silence_seconds
 CALLER_AMPLITUDE = 8000.0
@@ -265,6 +266,8 @@ def canned_lines() -> dict[str, bytes]:
         "sorry": ulaw_encode(tone(3100.0, 1.0, 5000.0)),
         "goodbye": ulaw_encode(tone(3300.0, 0.8, 5000.0)),
         "time_limit": ulaw_encode(tone(3500.0, 0.6, 5000.0)),
+        "farewell": ulaw_encode(tone(3700.0, 0.7, 5000.0)),
+        "hold": ulaw_encode(tone(3900.0, 0.5, 5000.0)),
     }
 
 

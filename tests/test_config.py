@@ -357,7 +357,7 @@ BAD_FILES = [
     ('[log]\nlevel = "trace"\n', f"{F}: [log] level: expected one of: debug, info, warning, error, got 'trace'"),
     # unknown sections and keys, with a suggestion
     ('[server]\nlisen = "127.0.0.1:5000"\n', f"{F}: [server] lisen: expected one of: listen, public_url, stream_path, node, max_concurrent_calls, shutdown_grace_seconds, got 'lisen' (did you mean 'listen'?)"),
-    ('[call]\nmax_silence = 3\n', f"{F}: [call] max_silence: expected one of: greeting, goodbye, busy_message, max_silence_seconds, max_call_seconds, store_all_response_audio, first_audio_seconds, reply_seconds, transcribe_seconds, got 'max_silence' (did you mean 'max_silence_seconds'?)"),
+    ('[call]\nmax_silence = 3\n', f"{F}: [call] max_silence: expected one of: greeting, goodbye, busy_message, max_silence_seconds, max_call_seconds, store_all_response_audio, first_audio_seconds, reply_seconds, transcribe_seconds, farewell, hold_line, dtmf, dtmf_pause_seconds, max_reply_words, got 'max_silence' (did you mean 'max_silence_seconds'?)"),
     ('[stt]\nxyzzy = 3\n', f"{F}: [stt] xyzzy: expected one of: use_local_whisper, api_url, api_model, api_key, api_timeout_seconds, model, compute_type, beam_size, language, cpu_threads, got 'xyzzy'"),
     ('[servr]\n', f"{F}: [servr]: expected one of: [server], [twilio], [call], [turn], [stt], [llm], [tts], [control], [storage], [log], [contacts], got 'servr' (did you mean 'server'?)"),
     ('listen = "127.0.0.1:5000"\n', f"{F}: [listen]: expected one of: [server], [twilio], [call], [turn], [stt], [llm], [tts], [control], [storage], [log], [contacts], got 'listen'"),

@@ -25,6 +25,7 @@ from aicallerd.call.actions import (
     CommitReply,
     Note,
     Record,
+    RecordCaller,
     Replay,
     ReplyOutcome,
     SayLine,
@@ -72,6 +73,7 @@ def settings(**overrides: object) -> CallSettings:
         barge_in_ignore_backchannels=True,
         speculative=True,
         store_audio_dir=None,
+        end_of_turn="fixed",  # the sections below feed late transcripts; 12 tests "adaptive"
     )
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -579,12 +581,200 @@ def test_hang_up_without_a_line_closes_at_once() -> None:
 
 def test_key_press_resets_the_silence_clock() -> None:
     """A caller pressing keys is not silent: the silence limit counts from the key press."""
-    conv = Conversation(settings())
+    conv = Conversation(settings(dtmf="ignore"))
     conv.begin(0.0, "")
-    assert conv.dtmf("5", 50.0) == [Note("dtmf 5")]
+    assert conv.dtmf("5", 50.0) == [Note("dtmf 5 (ignored)")]
     assert conv.next_tick() == 110.0
     assert conv.tick(60.0, False) == []
     assert conv.tick(110.0, False) == [Note("hanging up: silence"), SayLine("goodbye", GOODBYE)]
+
+
+# -- 12. phone behaviours: goodbye, keys, adaptive end of turn, hold on ------------------------
+
+FAREWELL = "Thank you for calling. Goodbye!"
+HOLD = "Sure, take your time."
+
+
+def spoken_then_paused(call: Call, text: str, seconds: float = 1.0) -> list[Action]:
+    """The caller speaks ``seconds``, pauses 0.3 s; the words ``text`` come back at once."""
+    job = job_of(call.speak(seconds) + call.silence(0.3))
+    return call.transcribed(job, text)
+
+
+def test_caller_goodbye_gets_the_farewell_line_then_the_call_closes() -> None:
+    call = Call(end_of_turn="adaptive")
+    at_pause = spoken_then_paused(call, "Okay, thank you very much. Goodbye.")
+    assert only(at_pause, StartReply) == []  # no reply is prepared for a goodbye
+    end = acts(call.silence(0.1))  # a complete sentence: 0.4 s of silence ends the turn
+    assert kinds(end) == [RecordCaller, Note, SayLine]
+    assert end[0] == RecordCaller("Okay, thank you very much. Goodbye.", pytest.approx(0.0))
+    assert end[2] == SayLine("farewell", FAREWELL)
+    assert call.conv.line_done("farewell", 4.0) == [Close("caller_goodbye")]
+    assert call.conv.end_reason == "caller_goodbye"
+    assert call.conv.history[-1] == {"role": "assistant", "content": FAREWELL}
+
+
+def test_a_bye_that_goes_on_gets_a_reply_and_no_hang_up() -> None:
+    call = Call(end_of_turn="adaptive")
+    (start,) = only(spoken_then_paused(call, "Bye the way, what are your hours?"), StartReply)
+    assert start.messages[-1] == user("Bye the way, what are your hours?")
+    assert kinds(acts(call.silence(0.1))) == [CommitReply]
+    assert not call.conv.closing
+
+
+def test_caller_who_goes_on_after_bye_is_answered_not_hung_up_on() -> None:
+    """ "Okay bye" at a pause, then "and one more thing...": the farewell never happens."""
+    call = Call(end_of_turn="adaptive")
+    assert only(spoken_then_paused(call, "Okay, bye."), StartReply) == []
+    call.speak(0.6)
+    job = job_of(call.silence(0.3))
+    (start,) = only(
+        call.transcribed(job, "Okay, bye. Oh, one more thing, do you deliver?"), StartReply
+    )
+    assert start.turn == 2
+    commit = acts(call.silence(0.1))
+    assert kinds(commit) == [CommitReply] and not call.conv.closing
+
+
+def test_caller_goodbye_over_the_agent_stops_it_and_says_farewell() -> None:
+    call = Call(end_of_turn="adaptive")
+    committed_turn(call)
+    call.speaking = True
+    assert CancelReply(1, "barge-in") in acts(call.speak(0.6))
+    job = job_of(call.silence(0.3))
+    call.speaking = False
+    call.transcribed(job, "Goodbye.")
+    end = acts(call.silence(0.1))
+    assert SayLine("farewell", FAREWELL) in end and call.conv.closing
+
+
+def test_reply_ending_with_goodbye_closes_once_played() -> None:
+    call = Call(end_of_turn="adaptive")
+    committed_turn(call, "thanks, that's all")
+    reply = "You're welcome. Goodbye!"
+    done = call.reply_done(1, outcome(reply, reply))
+    assert kinds(done) == [Record, Note, Close]
+    assert done[-1] == Close("agent_goodbye") and call.conv.end_reason == "agent_goodbye"
+
+
+@pytest.mark.parametrize(
+    ("text", "heard"),
+    [
+        ("We open at nine. Have a great day!", "We open at nine. Have a great day!"),
+        ("Sure. Goodbye!", "Sure."),  # the goodbye was cut: the caller never heard it
+    ],
+)
+def test_reply_without_a_heard_goodbye_keeps_the_call_open(text: str, heard: str) -> None:
+    call = Call(end_of_turn="adaptive")
+    committed_turn(call)
+    assert kinds(call.reply_done(1, outcome(text, heard))) == [Record]
+    assert not call.conv.closing
+
+
+def keys(call: Call, digits: str, at: float, step: float = 0.3) -> list[Action]:
+    out: list[Action] = []
+    for i, digit in enumerate(digits):
+        out += call.conv.dtmf(digit, at + i * step)
+    return out
+
+
+def test_keys_become_a_turn_after_a_short_pause() -> None:
+    call = Call(end_of_turn="adaptive")
+    assert kinds(keys(call, "123", at=2.0)) == [Note, Note, Note]
+    assert call.conv.next_tick() == pytest.approx(2.6 + 1.5)
+    assert call.conv.tick(4.0, False) == []
+    start, commit = call.conv.tick(4.1, False)
+    assert start == StartReply(1, start.messages, False)
+    assert start.messages[-1] == user("The caller pressed 1 2 3.")
+    assert commit == CommitReply(1, speech_end=4.1, decided=4.1)
+    (record,) = call.reply_done(1, outcome("Got it.", "Got it."), now=5.0)
+    assert record == Record(1, "The caller pressed 1 2 3.", "Got it.", False, 2.0)
+
+
+def test_hash_ends_the_keys_at_once() -> None:
+    call = Call(end_of_turn="adaptive")
+    out = keys(call, "42#", at=2.0)
+    (start,) = only(out, StartReply)
+    assert start.messages[-1] == user("The caller pressed 4 2.")
+    assert only(call.conv.tick(10.0, False), StartReply) == []  # no second key turn
+
+
+def test_a_key_interrupts_the_agent() -> None:
+    call = Call(end_of_turn="adaptive")
+    committed_turn(call)
+    call.speaking = True
+    call.silence(0.2)
+    out = call.conv.dtmf("9", call.now)
+    assert CancelReply(1, "barge-in") in out and Clear() in out
+
+
+def test_keys_reset_the_silence_limit_and_can_be_ignored() -> None:
+    call = Call(dtmf="ignore", end_of_turn="adaptive")
+    assert call.conv.dtmf("1", 50.0) == [Note("dtmf 1 (ignored)")]
+    assert call.conv.tick(52.0, False) == []  # no key turn
+    assert call.conv.next_tick() == 110.0
+
+
+def test_complete_question_is_answered_after_the_short_pause() -> None:
+    call = Call(end_of_turn="adaptive")
+    spoken_then_paused(call, "What time do you open?")
+    (commit,) = acts(call.silence(0.1))
+    assert commit == CommitReply(1, speech_end=pytest.approx(1.0), decided=pytest.approx(1.4))
+
+
+def test_fixed_end_of_turn_waits_the_fixed_pause_for_everything() -> None:
+    call = Call(end_of_turn="fixed")
+    spoken_then_paused(call, "What time do you open?")
+    assert acts(call.silence(0.28)) == []
+    (commit,) = acts(call.silence(0.02))
+    assert commit.decided == pytest.approx(1.6)
+
+
+def test_number_being_read_out_is_waited_for() -> None:
+    """ "My number is 5 5 5" and a 1.2 s pause: still the caller's turn; they go on."""
+    call = Call(end_of_turn="adaptive")
+    (start,) = only(spoken_then_paused(call, "My number is 5 5 5."), StartReply)
+    assert only(acts(call.silence(1.2)), CommitReply) == []  # 1.5 s of silence: not done
+    assert acts(call.speak(0.8)) == [CancelReply(start.turn, "discarded")]
+    job = job_of(call.silence(0.3))
+    (start2,) = only(call.transcribed(job, "My number is 5 5 5, 1 2 3 4."), StartReply)
+    assert only(acts(call.silence(1.4)), CommitReply) == []
+    (commit,) = only(acts(call.silence(0.1)), CommitReply)  # 1.8 s: the unfinished limit
+    assert commit.turn == start2.turn
+    assert commit.decided - commit.speech_end == pytest.approx(1.8)
+
+
+def test_adaptive_turn_waits_for_the_words_before_it_ends() -> None:
+    """The transcript is late: the turn does not end at the default pause but when the words
+    say it is over (no reply could start before them anyway)."""
+    call = Call(end_of_turn="adaptive")
+    call.speak(1.0)
+    job = job_of(call.silence(0.3))
+    assert only(acts(call.silence(0.6)), CommitReply) == []  # 0.9 s of silence, no words yet
+    assert kinds(call.transcribed(job, "What time do you open?")) == [Note, StartReply]
+    (commit,) = acts(call.silence(0.02))  # the words are in: the next frame ends the turn
+    assert commit.decided == pytest.approx(1.92)
+
+
+def test_unknown_words_keep_the_default_pause() -> None:
+    call = Call(end_of_turn="adaptive")
+    spoken_then_paused(call, "w1 w2")
+    assert acts(call.silence(0.28)) == []
+    assert kinds(acts(call.silence(0.02))) == [CommitReply]
+
+
+def test_hold_on_gets_a_short_line_and_a_longer_silence_limit() -> None:
+    call = Call(max_silence_seconds=10.0, end_of_turn="adaptive")
+    spoken_then_paused(call, "Hold on, one moment.")
+    out = acts(call.silence(0.1))
+    assert kinds(out) == [RecordCaller, Note, SayLine] and out[-1] == SayLine("hold", HOLD)
+    assert call.conv.line_done("hold", 3.0) == []
+    assert call.conv.next_tick() == pytest.approx(3.0 + 30.0)
+    assert call.conv.tick(20.0, False) == []  # past the usual 10 s: still waiting
+    call.t = 20.0
+    call.speak(0.5)  # they are back: the usual limit again
+    call.silence(0.6)
+    assert call.conv.next_tick() <= call.now + 10.0
 
 
 # -- 11. sans-I/O ------------------------------------------------------------------------------

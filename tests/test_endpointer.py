@@ -296,3 +296,75 @@ def test_empty_frame_is_ignored() -> None:
 def test_invalid_settings_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         EndpointerSettings(**kwargs)
+
+
+# ---- a turn silence chosen from the words (set_turn_silence) ------------------------------------
+
+
+def _until_pause(ep: Endpointer, x: np.ndarray) -> tuple[list[Event], int]:
+    """Feed ``x`` up to and including the frame that returns the first Pause."""
+    events: list[Event] = []
+    for i in range(0, len(x), FRAME):
+        f = x[i : i + FRAME]
+        events += ep.feed(f, energy_prob(f), i / SR)
+        if any(isinstance(e, Pause) for e in events):
+            return events, i + FRAME
+    raise AssertionError("no pause")
+
+
+def _feed_from(ep: Endpointer, x: np.ndarray, start: int) -> list[tuple[float, Event]]:
+    out: list[tuple[float, Event]] = []
+    for i in range(start, len(x), FRAME):
+        f = x[i : i + FRAME]
+        out += [((i + FRAME) / SR, e) for e in ep.feed(f, energy_prob(f), i / SR)]
+    return out
+
+
+@pytest.mark.parametrize("seconds", [0.4, 1.8])
+def test_turn_silence_set_at_the_pause_ends_the_phrase_then(seconds: float) -> None:
+    """Shorter after a complete sentence, longer while a number is read out."""
+    x = audio(word(1.0), silence(3.0))
+    ep = Endpointer(S)
+    _, at = _until_pause(ep, x)
+    ep.set_turn_silence(seconds)
+    ends = [(t, e) for t, e in _feed_from(ep, x, at) if isinstance(e, PhraseEnd)]
+    assert len(ends) == 1
+    t, end = ends[0]
+    assert end.t == pytest.approx(1.0 + seconds, abs=0.01)
+    assert t == pytest.approx(end.t, abs=0.021)
+
+
+def test_turn_silence_already_passed_ends_the_phrase_on_the_next_frame() -> None:
+    x = audio(word(1.0), silence(3.0))
+    ep = Endpointer(S)
+    _, at = _until_pause(ep, x)
+    at += 8 * FRAME  # 0.16 s more silence: 0.46 s in all
+    for i in range(at - 8 * FRAME, at, FRAME):
+        assert not any(isinstance(e, PhraseEnd) for e in ep.feed(x[i : i + FRAME], 0.0, i / SR))
+    ep.set_turn_silence(0.4)
+    first = ep.feed(x[at : at + FRAME], 0.0, at / SR)
+    assert [type(e) for e in first][-1] is PhraseEnd
+
+
+def test_turn_silence_goes_back_to_the_default_when_the_caller_resumes() -> None:
+    """The words that chose it are stale once the caller goes on."""
+    x = audio(word(1.0), silence(0.4), word(0.6), silence(3.0))
+    ep = Endpointer(S)
+    _, at = _until_pause(ep, x)
+    ep.set_turn_silence(1.8)
+    events = _feed_from(ep, x, at)
+    assert [type(e).__name__ for _, e in events if not isinstance(e, ChunkReady)] == [
+        "Resume",
+        "Pause",
+        "PhraseEnd",
+    ]
+    end = events[-1][1]
+    assert isinstance(end, PhraseEnd)
+    assert end.t == pytest.approx(1.0 + 0.4 + 0.6 + S.done_speaking_silence_seconds, abs=0.03)
+    assert ep.turn_silence == S.done_speaking_silence_seconds
+
+
+def test_turn_silence_must_exceed_the_chunk_pause() -> None:
+    ep = Endpointer(S)
+    with pytest.raises(ValueError):
+        ep.set_turn_silence(S.chunk_silence_seconds)

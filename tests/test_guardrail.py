@@ -117,42 +117,55 @@ REPLY_CASES: list[tuple[list[str], list[str | None], bool, dict]] = [
         ["I can help you book a table for tonight.", "What time?"],
         [None, None],
         True,
-        {"previous_reply": "I can help you book a table for tonight. What time?"},
+        {"previous_replies": ["I can help you book a table for tonight. What time?"]},
     ),
     (
         ["Sure.", "I can help you book a table for tonight."],
         ["Sure.", None],
         True,
-        {"previous_reply": "Sure. I can help you book a table for tonight. What time works?"},
+        {"previous_replies": ["Sure. I can help you book a table for tonight. What time works?"]},
     ),
     # a short shared opener is not a copy
     (
         ["Sure.", "The shop opens at nine."],
         ["Sure.", "The shop opens at nine."],
         False,
-        {"previous_reply": "Sure. I can help you book a table for tonight."},
+        {"previous_replies": ["Sure. I can help you book a table for tonight."]},
     ),
-    (["Okay."], ["Okay."], False, {"previous_reply": "Okay."}),
+    (["Okay."], ["Okay."], False, {"previous_replies": ["Okay."]}),
+    # a copy of ANY earlier reply of the call, not only the last one
+    (
+        ["I can help you book a table for tonight.", "What time?"],
+        [None, None],
+        True,
+        {
+            "previous_replies": [
+                "I can help you book a table for tonight. What time?",
+                "We open at nine.",
+                "Anything else I can do for you?",
+            ]
+        },
+    ),
     # same words, different reply: not a copy
     (
         ["I can help you book a table for tomorrow."],
         ["I can help you book a table for tomorrow."],
         False,
-        {"previous_reply": "I can help you book a table for tonight."},
+        {"previous_replies": ["I can help you book a table for tonight."]},
     ),
     # a copy is judged on words, not on punctuation or markdown
     (
         ["**I can help you** book a table, for tonight!"],
         [None],
         True,
-        {"previous_reply": "I can help you book a table for tonight."},
+        {"previous_replies": ["I can help you book a table for tonight."]},
     ),
     # "tables" is not "table": whole words only
     (
         ["I can help you book a table"],
         ["I can help you book a table"],
         False,
-        {"previous_reply": "I can help you book a tables now."},
+        {"previous_replies": ["I can help you book a tables now."]},
     ),
 ]
 
@@ -187,6 +200,38 @@ def test_word_budget_stops_a_rambling_reply_after_the_sentence_that_crosses_it()
     assert f.accept(first) == first
     assert f.done
     assert f.accept("Anything else?") is None
+
+
+def test_a_sentence_that_would_run_past_the_word_budget_is_not_started():
+    f = ReplyFilter(max_sentences=3, max_words=30)
+    first = "We are open from nine to five on weekdays."
+    second = "On Saturdays we open a little later, at ten, and we close at two in the afternoon."
+    third = "On Sundays and public holidays the shop stays closed all day long, sorry."
+    assert f.accept(first) == first
+    assert f.accept(second) == second
+    assert f.accept(third) is None  # 9 + 17 + 12 words > 30
+    assert f.done
+    assert len(f.spoken_text.split()) <= 30
+
+
+@pytest.mark.parametrize(
+    ("raw", "spoken"),
+    [
+        ("As an AI, I can tell you we open at nine.", "I can tell you we open at nine."),
+        ("As an AI language model, I don't have feelings.", None),
+        ("I'm just an AI.", None),
+        ("I am only an AI language model.", None),
+        ("I don't have personal opinions, but I can help.", None),
+        ("I do not have the ability to browse the internet.", None),
+        # the honest answer to "are you a person?" is kept
+        ("I am an AI assistant.", "I am an AI assistant."),
+        ("Sure, we open at nine.", "Sure, we open at nine."),
+    ],
+)
+def test_chatbot_boilerplate_is_not_spoken(raw, spoken):
+    f = ReplyFilter()
+    assert f.accept(raw) == spoken
+    assert not f.done  # the rest of the reply may still be an answer
 
 
 @pytest.mark.parametrize(

@@ -685,7 +685,7 @@ def test_malformed_and_unexpected_frames_are_ignored(caplog: pytest.LogCaptureFi
         await h.say("w1", "w2", "w3")
         await settle(h)
 
-    h = run_call(caller)
+    h = run_call(caller, call_settings=settings(dtmf="ignore"))
 
     assert labels(h.segments()) == [("I heard w1 w2 w3.", True)]
     assert [t.text for t in h.sink.caller_turns] == ["w1 w2 w3"]
@@ -695,7 +695,7 @@ def test_malformed_and_unexpected_frames_are_ignored(caplog: pytest.LogCaptureFi
     # Each oddity left one line in the log for the operator.
     logged = [r.getMessage() for r in caplog.records]
     assert sum("ignoring malformed frame:" in m for m in logged) == 6
-    assert "dtmf 5" in logged
+    assert "dtmf 5 (ignored)" in logged
     assert "ignoring connected after start" in logged
 
 
@@ -767,3 +767,79 @@ def test_leading_silence_of_the_voice_is_not_sent() -> None:
     trimmed = ulaw_decode(trim_leading_silence(audio))
     assert len(trimmed) == 800 + 80 and trimmed[80] == ulaw_decode(audio)[1600]
     assert trim_leading_silence(ulaw_encode(np.zeros(800, np.int16))) == b""
+
+
+# -- phone behaviours: goodbye and keys --------------------------------------------------------
+
+
+def test_caller_goodbye_gets_the_farewell_and_the_stream_closes_right_after() -> None:
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("goodbye")
+        await h.wait_until(h.session_done.is_set, timeout=10)
+
+    h = run_call(caller)
+    assert labels(h.segments()) == [("canned:farewell", True)]
+    assert h.llm.requests == []  # a goodbye is not sent to the model
+    farewell_heard = dict((n, t) for t, n in h.marks_echoed())["farewell"]
+    assert (h.link.close_code, h.link.close_reason) == (1000, "caller_goodbye")
+    assert h.link.closed_at is not None
+    assert farewell_heard <= h.link.closed_at <= farewell_heard + 3.0
+    assert h.call.result.closed_by_daemon
+    assert h.session.end_reason == "caller_goodbye"
+    # The call log has the caller's goodbye, then the agent's farewell line.
+    assert [t.text for t in h.sink.caller_turns] == ["goodbye"]
+    assert h.sink.agent_lines == [("Thank you for calling. Goodbye!", False)]
+
+
+def test_reply_that_says_goodbye_ends_the_call_once_heard() -> None:
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2")
+        await h.wait_until(h.session_done.is_set, timeout=10)
+
+    llm = FakeLLM({"w1 w2": "You are welcome. Goodbye!"})
+    h = run_call(caller, llm=llm)
+    assert labels(h.segments()) == [("You are welcome.", True), ("Goodbye!", True)]
+    last_heard = dict((n, t) for t, n in h.marks_echoed())["t1-s2"]
+    assert h.link.close_reason == "agent_goodbye"
+    assert h.link.closed_at is not None and last_heard <= h.link.closed_at <= last_heard + 3.0
+    assert h.session.end_reason == "agent_goodbye"
+
+
+async def press(h: CallHarness, digits: str, gap: float = 0.3) -> None:
+    for digit in digits:
+        await h.send_raw(media.dtmf_event(h.call.next_seq(), h.call.stream_sid, digit))
+        await trio.sleep(gap)
+
+
+def test_key_presses_are_a_turn_the_model_reads_and_the_log_keeps() -> None:
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await press(h, "123")
+        await settle(h)
+
+    h = run_call(caller, llm=FakeLLM({"The caller pressed 1 2 3.": "Got it, one two three."}))
+    (request,) = h.llm.requests
+    assert request.caller_text == "The caller pressed 1 2 3."
+    assert [t.text for t in h.sink.caller_turns] == ["The caller pressed 1 2 3."]
+    (agent,) = h.sink.agent_turns
+    assert agent.text == "Got it, one two three."
+    assert labels(h.segments()) == [("Got it,", True), ("one two three.", True)]
+    # The keys' turn ended 1.5 s after the last key, not at the first one.
+    assert request.at == pytest.approx(0.5 + 0.6 + 1.5, abs=0.05)
+
+
+def test_a_key_stops_the_agent_mid_reply() -> None:
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2")
+        await h.wait_until(lambda: bool(h.agent_frames()))
+        await trio.sleep(0.5)
+        await press(h, "#")
+        await h.wait_agent_turns(1)
+
+    h = run_call(caller, llm=FakeLLM({"w1 w2": REPLY3}))
+    assert len(h.clears()) >= 1
+    (first,) = h.sink.agent_turns
+    assert first.interrupted and first.text != REPLY3

@@ -95,6 +95,14 @@ class Record:
 
 
 @dataclass(frozen=True)
+class RecordCaller:
+    """A caller turn answered by a fixed line instead of a reply ("bye", "hold on")."""
+
+    text: str
+    caller_started: float
+
+
+@dataclass(frozen=True)
 class Close:
     reason: str
 
@@ -107,5 +115,15 @@ class Note:
 
 
 Action = (
-    Transcribe | StartReply | CommitReply | CancelReply | Clear | Replay | SayLine | Record | Close
-) | Note
+    Transcribe
+    | StartReply
+    | CommitReply
+    | CancelReply
+    | Clear
+    | Replay
+    | SayLine
+    | Record
+    | RecordCaller
+    | Close
+    | Note
+)

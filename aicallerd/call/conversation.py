@@ -10,9 +10,15 @@ line, record a turn, close the stream). Every turn-taking decision lives here:
 - end of turn: the endpointer's ``PhraseEnd`` (:meth:`Conversation.audio`);
 - speculation: a reply starts at a short ``Pause`` and is committed at ``PhraseEnd`` or
   discarded unheard on ``Resume``;
+- how long a pause ends the turn, from the words heard so far:
+  :meth:`Conversation._adapt_end_of_turn`;
 - barge-in: :meth:`Conversation._decide_interruption`, the one place that decides the caller
   took the floor;
 - backchannels and resume: :meth:`Conversation._no_words`;
+- turns answered by a fixed line instead of the model (goodbye, "hold on"):
+  :meth:`Conversation._fixed_answer`; the model's own goodbye: :meth:`Conversation.reply_done`;
+- key presses: :meth:`Conversation.dtmf` collects them, :meth:`Conversation._keys_done` makes
+  them a turn;
 - silence and duration limits: :meth:`Conversation.tick`.
 
 Times named ``now`` are the caller's monotonic clock; ``t`` is audio time (Twilio's media
@@ -33,6 +39,7 @@ from aicallerd.call.actions import (
     CommitReply,
     Note,
     Record,
+    RecordCaller,
     Replay,
     ReplyOutcome,
     SayLine,
@@ -53,10 +60,13 @@ from aicallerd.endpointer import (
 )
 from aicallerd.text.backchannel import is_backchannel, words
 from aicallerd.text.guardrail import TURN_GUARDRAIL
+from aicallerd.text.phone import TurnEnd, end_of_turn, is_closing, is_hold_request
 
 RESUME_WINDOW_SECONDS = 10.0  # a cut reply is picked up again only this soon after the cut
 WORD_CHECK_FRAMES = 15  # re-check an interruption's words after ~0.3 s more audio
 _EPS = 1e-6  # speech time is summed frame by frame: allow for float error at thresholds
+HOLD_SILENCE_FACTOR = 3.0  # "hold on": the silence limit stretches this much until they speak
+KEY_PHRASE_ID = -1  # the phrase of a turn made of key presses: never the endpointer's
 
 
 # -- state --------------------------------------------------------------------------------------
@@ -132,6 +142,10 @@ class Conversation:
         self._line: str | None = None  # the fixed line being spoken
         self._cut: tuple[_Turn, float, tuple[Spoken, ...]] | None = None  # last barge-in
         self._carry = ""  # words of a caller who talked on before hearing the reply
+        self._keys: list[str] = []  # DTMF digits collected for the next key turn
+        self._keys_started = 0.0
+        self._keys_deadline: float | None = None
+        self._holding = False  # the caller asked us to wait ("hold on")
 
     def add_prompt(self, prompt: str) -> None:
         """Per-call instructions (an outbound call's contact), appended to the system prompt."""
@@ -189,6 +203,7 @@ class Conversation:
             return out
         if found.kind == "phrase" and found.index == phrase.version:
             phrase.heard = text
+            self._adapt_end_of_turn(phrase, out)
             if not phrase.pending:
                 self._text_ready(phrase, out)
         return out
@@ -216,6 +231,16 @@ class Conversation:
         self.history.append({"role": "assistant", "content": spoken or "..."})
         out.append(Record(turn.number, turn.caller_text, spoken, interrupted, turn.phrase.started))
         self._last_activity = now
+        if (
+            not turn.interrupted
+            and not self.closing
+            and is_closing(outcome.heard, strong_only=True)
+        ):
+            # The model said goodbye and the caller heard it to the end: the call is over.
+            self.closing = True
+            self.end_reason = "agent_goodbye"
+            out.append(Note(f"turn {turn.number}: the reply ends with a goodbye"))
+            out.append(Close(self.end_reason))
         return out
 
     def line_done(self, tag: str, now: float) -> list[Action]:
@@ -227,30 +252,60 @@ class Conversation:
         return [Close(self.end_reason)] if self.closing else []
 
     def dtmf(self, digit: str, now: float) -> list[Action]:
+        """A key press: collected until a pause or ``#``, then a caller turn of its own.
+
+        A key is the caller taking the floor, like speech: it stops what the agent is saying.
+        """
         self._now = self._last_activity = now
-        return [Note(f"dtmf {digit}")]
+        if self.settings.dtmf != "pass" or self.closing:
+            return [Note(f"dtmf {digit} (ignored)")]
+        out: list[Action] = [Note(f"dtmf {digit}")]
+        self._holding = False
+        turn = self._turn
+        if turn is not None and turn.started and turn.committed:
+            self._interrupt(turn, out, f"key {digit!r}")
+        elif self._line is not None and self._speaking:
+            out.append(Clear())
+        if digit == "#":
+            self._keys_done(out)
+            return out
+        if not self._keys:
+            self._keys_started = now
+        self._keys.append(digit)
+        self._keys_deadline = now + self.settings.dtmf_pause_seconds
+        return out
 
     def tick(self, now: float, speaking: bool) -> list[Action]:
-        """The silence and duration limits; call at :meth:`next_tick` or sooner."""
+        """Keys that paused, the silence and duration limits; call at :meth:`next_tick` or
+        sooner."""
         self._now, self._speaking = now, speaking
         if self._busy():
             self._last_activity = now
         if self.closing:
             return []
+        out: list[Action] = []
+        if self._keys_deadline is not None and now >= self._keys_deadline - _EPS:
+            self._keys_done(out)
         s = self.settings
         if now - self._started >= s.max_call_seconds:
-            return self.hang_up(s.time_limit_line, "max_duration", tag="time_limit")
-        if now - self._last_activity >= s.max_silence_seconds:
-            return self.hang_up(s.goodbye, "silence", tag="goodbye")
-        return []
+            return out + self.hang_up(s.time_limit_line, "max_duration", tag="time_limit")
+        if now - self._last_activity >= self._silence_limit():
+            return out + self.hang_up(s.goodbye, "silence", tag="goodbye")
+        return out
 
     def next_tick(self) -> float:
         """When :meth:`tick` next has something to decide."""
         s = self.settings
         deadline = min(
-            self._last_activity + s.max_silence_seconds, self._started + s.max_call_seconds
+            self._last_activity + self._silence_limit(), self._started + s.max_call_seconds
         )
+        if self._keys_deadline is not None:
+            deadline = min(deadline, self._keys_deadline)
         return min(deadline, self._now + 0.5) if self._busy() else deadline
+
+    def _silence_limit(self) -> float:
+        limit = self.settings.max_silence_seconds
+        return limit * HOLD_SILENCE_FACTOR if self._holding else limit
 
     def hang_up(self, line: str, reason: str, *, tag: str = "bye") -> list[Action]:
         """End the call: stop the reply, say ``line`` (if any), close the stream."""
@@ -284,6 +339,7 @@ class Conversation:
     def _on_endpoint(self, ev: Event, frame_end: float, out: list[Action]) -> None:
         if isinstance(ev, SpeechStart):
             self._phrase = _Phrase(ev.phrase_id, started=self._mono(ev.t))
+            self._holding = False  # they are back
             return
         phrase = self._phrase
         if phrase is None or phrase.id != ev.phrase_id:
@@ -292,6 +348,10 @@ class Conversation:
             phrase.chunks.append(ev.pcm8)
         elif isinstance(ev, Pause):
             self._heard(phrase, ev.pending_pcm8, out)
+            if self.settings.end_of_turn == "adaptive" and phrase.pending:
+                # Until the words are in, the turn is not over: no reply can start before
+                # them anyway, and a number read out slowly must not be cut at the default.
+                self.endpointer.set_turn_silence(self.settings.unfinished_silence_seconds)
             if self.settings.speculative and self._turn is None and not self.closing:
                 self.speculations["started"] += 1
                 self._turn = self._new_turn(phrase, speculative=True)
@@ -351,6 +411,23 @@ class Conversation:
             return
         self._transcribe(phrase, "phrase", np.concatenate(parts), out, index=phrase.version)
 
+    def _adapt_end_of_turn(self, phrase: _Phrase, out: list[Action]) -> None:
+        """With ``end_of_turn = "adaptive"``: the words at the pause choose how long a silence
+        ends the turn: a complete question is answered sooner, a number being read out or a
+        trailing "and" is waited for longer. Back to the default when the caller goes on."""
+        s = self.settings
+        if s.end_of_turn != "adaptive" or self._phrase is not phrase or phrase.ended:
+            return
+        kind = end_of_turn(phrase.text())
+        if kind is TurnEnd.UNKNOWN:
+            self.endpointer.set_turn_silence(None)  # the default pause, counted from the pause
+            return
+        seconds = (
+            s.complete_silence_seconds if kind is TurnEnd.COMPLETE else s.unfinished_silence_seconds
+        )
+        self.endpointer.set_turn_silence(seconds)
+        out.append(Note(f"end of turn: {phrase.text()!r} is {kind.value}: {seconds:g}s pause"))
+
     def _went_on(self, phrase: _Phrase) -> None:
         """The caller went on after a pause: what was transcribed there is now partial."""
         phrase.version += 1
@@ -388,6 +465,8 @@ class Conversation:
         ):
             if turn.committed:
                 self._no_words(turn, out)
+            return
+        if self._fixed_answer(turn, out):
             return
         turn.started = True
         self._turns[turn.number] = turn
@@ -434,6 +513,58 @@ class Conversation:
             return
         out.append(Note(f"turn {turn.number}: no words heard, not replying"))
 
+    def _fixed_answer(self, turn: _Turn, out: list[Action]) -> bool:
+        """A goodbye or a "hold on" is answered with a fixed line, not the model.
+
+        True when ``turn`` is one (it is then answered once committed: a caller who goes on
+        after "bye" was not done).
+        """
+        text = turn.phrase.text()
+        if is_closing(text):
+            tag, line = "farewell", self.settings.farewell
+        elif is_hold_request(text):
+            tag, line = "hold", self.settings.hold_line
+        else:
+            return False
+        if not turn.committed:
+            return True
+        if self._turn is turn:
+            self._turn = None
+        self._carry, self._cut = "", None
+        out.append(RecordCaller(turn.caller_text, turn.phrase.started))
+        self.history.append({"role": "user", "content": turn.caller_text})
+        self.history.append({"role": "assistant", "content": line})
+        if tag == "farewell":
+            out += self.hang_up(line, "caller_goodbye", tag=tag)
+        else:
+            self._holding = True
+            out.append(Note(f"turn {turn.number}: the caller asked to wait"))
+            if self._speaking or self._line is not None:
+                out.append(Clear())
+            out += self._say(tag, line)
+        return True
+
+    def _keys_done(self, out: list[Action]) -> None:
+        """The keys collected so far become one caller turn the model reads as text."""
+        keys, self._keys, self._keys_deadline = self._keys, [], None
+        if not keys:
+            return
+        turn = self._turn
+        if turn is not None and not turn.committed:  # a speculation on speech: keys go first
+            if turn.started:
+                out.append(CancelReply(turn.number, "discarded"))
+            self._turns.pop(turn.number, None)
+            turn.phrase.answered = False
+            self.speculations["discarded"] += 1
+        elif turn is not None and turn.started:
+            self._interrupt(turn, out, "keys")
+        self._turn = None
+        text = f"The caller pressed {' '.join(keys)}."
+        phrase = _Phrase(KEY_PHRASE_ID, started=self._keys_started, heard=text, ended=True)
+        phrase.speech_end = phrase.decided = self._now
+        self._turn = self._new_turn(phrase, speculative=False)
+        self._commit(self._turn, out)
+
     def _say(self, tag: str, text: str) -> list[Action]:
         self._line = tag
         return [SayLine(tag, text)]
@@ -478,7 +609,7 @@ class Conversation:
             if not heard or is_backchannel(heard) or len(words(heard)) < s.barge_in_min_words:
                 out.append(Note(f"heard {heard!r} while speaking: not an interruption"))
                 return
-            self._interrupt(turn, phrase, out)
+            self._interrupt(turn, out, f"caller spoke {phrase.speech_seconds:.2f}s")
             self._turn = self._new_turn(phrase, speculative=False)
             self._commit(self._turn, out)
             return
@@ -492,7 +623,7 @@ class Conversation:
                 s.barge_in_ignore_backchannels and is_backchannel(heard)
             ):
                 return  # not yet: checked again once more audio is in
-        self._interrupt(turn, phrase, out)
+        self._interrupt(turn, out, f"caller spoke {phrase.speech_seconds:.2f}s")
 
     def _check_words(self, phrase: _Phrase, out: list[Action]) -> None:
         """With ``barge_in_min_words``: transcribe what the interrupter said so far."""
@@ -503,11 +634,9 @@ class Conversation:
         phrase.checked_frames = len(phrase.audio)
         phrase.check_job = self._transcribe(phrase, "check", np.concatenate(phrase.audio), out)
 
-    def _interrupt(self, turn: _Turn, phrase: _Phrase, out: list[Action]) -> None:
+    def _interrupt(self, turn: _Turn, out: list[Action], why: str) -> None:
         """Barge-in: cancel the turn's one scope and drop what is queued for the caller."""
-        out.append(
-            Note(f"barge-in: caller spoke {phrase.speech_seconds:.2f}s over turn {turn.number}")
-        )
+        out.append(Note(f"barge-in: {why} over turn {turn.number}"))
         turn.interrupted = True
         out.append(CancelReply(turn.number, "barge-in"))
         if self._speaking:

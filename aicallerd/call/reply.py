@@ -171,7 +171,7 @@ async def speak_reply(
     player: Player | Gate,
     messages: Sequence[dict[str, str]],
     settings: ReplySettings,
-    previous_reply: str,
+    previous_replies: Sequence[str],
     reply: Reply,
     legs: TurnLegs,
     on_first_frame: Callable[[float], None],
@@ -182,7 +182,11 @@ async def speak_reply(
     knows which marks belong to which text. An engine failure propagates (as an exception
     group) after whatever sentences were already queued.
     """
-    reply_filter = ReplyFilter(max_sentences=settings.max_sentences, previous_reply=previous_reply)
+    reply_filter = ReplyFilter(
+        max_sentences=settings.max_sentences,
+        previous_replies=previous_replies,
+        max_words=settings.max_words,
+    )
     send, receive = trio.open_memory_channel[str](8)
     t0 = trio.current_time()
     async with trio.open_nursery() as nursery:

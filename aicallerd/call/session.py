@@ -37,6 +37,7 @@ from aicallerd.call.actions import (
     CommitReply,
     Note,
     Record,
+    RecordCaller,
     Replay,
     ReplyOutcome,
     SayLine,
@@ -115,6 +116,7 @@ class CallSession:
         ](500)
         self._dropped_frames = 0
         self._hang_up_request: tuple[str, str] | None = None
+        self._retime = trio.Event()  # the core's next_tick may have moved earlier
 
     # -- what the tests and the operator read ----------------------------------------------
     @property
@@ -245,6 +247,7 @@ class CallSession:
                     self.player.on_mark(event.name)
                 elif isinstance(event, media.Dtmf):
                     self._act(self.core.dtmf(event.digit, trio.current_time()))
+                    self._retime.set()  # the keys' pause is a new, earlier deadline
                 elif isinstance(event, media.Stop):
                     self.log.info("stream stopped by Twilio")
                     return
@@ -290,6 +293,8 @@ class CallSession:
                 nursery.start_soon(self._say, action.tag, action.text)
             elif isinstance(action, Record):
                 raise AssertionError("a Record comes only from reply_done")
+            elif isinstance(action, RecordCaller):
+                self._record_caller(action)
             elif isinstance(action, Close):
                 self.player.close(1000, action.reason)
             elif isinstance(action, Note):
@@ -333,8 +338,7 @@ class CallSession:
 
     # -- speaking ------------------------------------------------------------------------------
     async def _reply(self, run: ReplyRun, messages: tuple[dict[str, str], ...]) -> None:
-        history = self.core.history
-        previous = next((m["content"] for m in reversed(history) if m["role"] == "assistant"), "")
+        previous = [m["content"] for m in self.core.history if m["role"] == "assistant"]
         try:
             await self.speaker.reply(run, messages, previous)
         finally:
@@ -404,6 +408,16 @@ class CallSession:
 
         self._queue_record(write)
 
+    def _record_caller(self, action: RecordCaller) -> None:
+        """A caller turn the agent answered with a fixed line: the log has it before the line."""
+        sid, log = self.call_sid, self.log
+
+        async def write() -> None:
+            await self.sink.caller_turn(sid, action.text, action.caller_started)
+            log.info("caller=%r (answered with a fixed line)", action.text)
+
+        self._queue_record(write)
+
     def _queue_record(self, write: Callable[[], Awaitable[None]]) -> None:
         assert self._records is not None
         self._records.send_nowait(write)
@@ -445,5 +459,7 @@ class CallSession:
 
     async def _timer(self) -> None:
         while not self.core.closing:
-            await trio.sleep_until(self.core.next_tick())
+            with trio.move_on_at(self.core.next_tick()):
+                await self._retime.wait()
+            self._retime = trio.Event()
             self._act(self.core.tick(trio.current_time(), self.player.speaking))

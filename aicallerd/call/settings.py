@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aicallerd.call.lines import TIME_LIMIT_LINE
 from aicallerd.config import Config
-from aicallerd.configschema import CallConfig
+from aicallerd.configschema import CallConfig, TurnConfig
 from aicallerd.endpointer import EndpointerSettings
 
 
@@ -21,6 +21,7 @@ class ReplySettings:
     max_tokens: int
     temperature: float
     max_sentences: int = 3
+    max_words: int = CallConfig.max_reply_words
     clause_chars: int = 40  # a first clause this long is spoken before its sentence ends
 
 
@@ -49,6 +50,13 @@ class CallSettings:
     # Twilio sends a frame every 20 ms, silence included, and reads what we send: a stream
     # quiet (or not reading) this long is a dead or hostile peer, and the call ends.
     media_timeout: float = 5.0
+    farewell: str = CallConfig.farewell
+    hold_line: str = CallConfig.hold_line
+    dtmf: str = CallConfig.dtmf
+    dtmf_pause_seconds: float = CallConfig.dtmf_pause_seconds
+    end_of_turn: str = TurnConfig.end_of_turn
+    complete_silence_seconds: float = TurnConfig.complete_silence_seconds
+    unfinished_silence_seconds: float = TurnConfig.unfinished_silence_seconds
 
 
 def seconds_or_inf(value: float) -> float:
@@ -68,7 +76,11 @@ def call_settings(cfg: Config) -> CallSettings:
             max_chunk_seconds=turn.max_chunk_seconds,
             lead_in_seconds=turn.lead_in_seconds,
         ),
-        reply=ReplySettings(max_tokens=cfg.llm.max_tokens, temperature=cfg.llm.temperature),
+        reply=ReplySettings(
+            max_tokens=cfg.llm.max_tokens,
+            temperature=cfg.llm.temperature,
+            max_words=cfg.call.max_reply_words,
+        ),
         system_prompt=cfg.llm.system_prompt,
         greeting=cfg.call.greeting,
         goodbye=cfg.call.goodbye,
@@ -87,4 +99,11 @@ def call_settings(cfg: Config) -> CallSettings:
         first_audio_seconds=cfg.call.first_audio_seconds,
         reply_seconds=cfg.call.reply_seconds,
         transcribe_seconds=cfg.call.transcribe_seconds,
+        farewell=cfg.call.farewell,
+        hold_line=cfg.call.hold_line,
+        dtmf=cfg.call.dtmf,
+        dtmf_pause_seconds=cfg.call.dtmf_pause_seconds,
+        end_of_turn=turn.end_of_turn,
+        complete_silence_seconds=turn.complete_silence_seconds,
+        unfinished_silence_seconds=turn.unfinished_silence_seconds,
     )

@@ -9,6 +9,7 @@ engines, the caller is never left in silence: the pre-rendered apology is queued
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +87,10 @@ class Speaker:
         )
 
     async def reply(
-        self, run: ReplyRun, messages: tuple[dict[str, str], ...], previous_reply: str
+        self,
+        run: ReplyRun,
+        messages: tuple[dict[str, str], ...],
+        previous_replies: Sequence[str],
     ) -> None:
         """Generate and speak one turn within its deadlines; the apology if it failed."""
         s = self.settings
@@ -102,7 +106,7 @@ class Speaker:
                             player=run.gate,
                             messages=messages,
                             settings=s.reply,
-                            previous_reply=previous_reply,
+                            previous_replies=previous_replies,
                             reply=run.reply,
                             legs=run.legs,
                             on_first_frame=run.on_first_frame,

@@ -255,6 +255,8 @@ def _lines(cfg: Config) -> dict[str, str]:
         "greeting": cfg.call.greeting,
         "goodbye": cfg.call.goodbye,
         "time_limit": TIME_LIMIT_LINE,
+        "farewell": cfg.call.farewell,
+        "hold": cfg.call.hold_line,
         "sorry": FALLBACK_LINE,
     }
 

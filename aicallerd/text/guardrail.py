@@ -14,6 +14,7 @@ sentence 2 is still being generated, and can stop generation as soon as `.done` 
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 SYSTEM_PROMPT = (
@@ -27,7 +28,7 @@ SYSTEM_PROMPT = (
 )
 """The default system prompt (`[llm] system_prompt` overrides it)."""
 
-TURN_GUARDRAIL = "(Answer naturally in at most 3 short sentences. No lists.)"
+TURN_GUARDRAIL = "(Answer naturally: a short first sentence, at most 3 in all. No lists.)"
 """A short reminder appended to each caller turn: small models obey the last thing they read."""
 
 
@@ -141,6 +142,36 @@ def clean_sentence(sentence: str) -> str:
     return text
 
 
+# Chatbot boilerplate no caller wants to hear on the phone. "As an AI, ..." is cut off the
+# front of a sentence (the rest may be the answer); the others drop the whole sentence. A
+# plain "I'm an AI assistant" (the honest answer to "are you a human?") is kept.
+_AS_AN_AI = re.compile(
+    r"^\s*as an? (?:ai|a\.i\.|artificial intelligence|language model|ai language model|"
+    r"ai assistant|virtual assistant|digital assistant)\b[^,]*,\s*",
+    re.IGNORECASE,
+)
+_BOILERPLATE = re.compile(
+    r"^\s*(?:i'?m|i am) (?:just|only|merely) an? (?:ai|a\.i\.|language model|computer program|"
+    r"artificial intelligence|virtual assistant|chatbot)\b"
+    r"|^\s*(?:i|as an ai,? i) (?:don'?t|do not) have (?:personal|feelings|emotions|"
+    r"opinions|a body|the ability|real[- ]time|access to real)"
+    r"|^\s*(?:i'?m|i am) (?:an? )?(?:ai )?language model\b",
+    re.IGNORECASE,
+)
+
+
+def strip_boilerplate(sentence: str) -> str:
+    """The sentence without chatbot boilerplate ("" when it was nothing else)."""
+    if _BOILERPLATE.match(sentence):
+        return ""
+    rest = _AS_AN_AI.sub("", sentence, count=1)
+    if rest != sentence:
+        rest = rest[:1].upper() + rest[1:]
+        if _BOILERPLATE.match(rest):
+            return ""
+    return rest
+
+
 def _normalize(text: str) -> str:
     """Comparison form: lowercase words only, so punctuation and spacing do not hide a copy."""
     return " ".join(re.findall(r"[^\W_]+", text.lower()))
@@ -149,13 +180,15 @@ def _normalize(text: str) -> str:
 class ReplyFilter:
     """Clean and police one reply, sentence by sentence.
 
-    `accept` returns the text to speak, or None to skip the sentence. `.done` turns true when
-    the rest of the reply must not be spoken (the turn should stop generating): after
-    `max_sentences` were accepted or the reply reached `max_words` (about 15 s of speech: a
-    small model's three "short" sentences can run for half a minute), when the reply repeats
-    a sentence it already said, when it starts copying `previous_reply`, or when the model
+    `accept` returns the text to speak, or None to skip the sentence (boilerplate such as
+    "As an AI ..." is dropped). `.done` turns true when the rest of the reply must not be
+    spoken (the turn should stop generating): after `max_sentences` were accepted or the
+    reply reached `max_words` (a phone-sized answer is about 30 words, ten seconds of speech;
+    a sentence that would run past it is not started), when the reply repeats a sentence it
+    already said, when it starts copying any of `previous_replies` (the call's earlier
+    replies: a small model copies older ones too, not only the last), or when the model
     starts writing the caller's next line.
-    Pass `previous_reply=""` when the caller asked to hear the last answer again.
+    Pass no `previous_replies` when the caller asked to hear an answer again.
     """
 
     COPY_MIN_CHARS = 24
@@ -163,7 +196,7 @@ class ReplyFilter:
     so that short openers shared by both replies ("Sure.", "Okay.") are still spoken."""
 
     def __init__(
-        self, max_sentences: int = 3, previous_reply: str = "", max_words: int = 45
+        self, max_sentences: int = 3, previous_replies: Sequence[str] = (), max_words: int = 30
     ) -> None:
         if max_sentences < 1:
             raise ValueError("max_sentences must be >= 1")
@@ -171,7 +204,7 @@ class ReplyFilter:
         self.max_words = max_words
         self._words = 0
         self.done = False
-        self._previous = _normalize(previous_reply)
+        self._previous = [f"{p} " for p in map(_normalize, previous_replies) if p]
         self._accepted: list[str] = []
         self._seen: set[str] = set()
         self._so_far = ""
@@ -191,7 +224,7 @@ class ReplyFilter:
         if _OTHER_ROLE.match(sentence):
             self.done = True
             return None
-        text = clean_sentence(sentence)
+        text = strip_boilerplate(clean_sentence(sentence))
         if not text:
             return None
         norm = _normalize(text)
@@ -199,17 +232,19 @@ class ReplyFilter:
             self.done = True
             return None
         so_far = f"{self._so_far} {norm}".strip()
-        if (
-            self._previous
-            and len(so_far) >= self.COPY_MIN_CHARS
-            and f"{self._previous} ".startswith(f"{so_far} ")
+        if len(so_far) >= self.COPY_MIN_CHARS and any(
+            p.startswith(f"{so_far} ") for p in self._previous
         ):
             self.done = True
+            return None
+        words = len(text.split())
+        if self._accepted and self._words + words > self.max_words:
+            self.done = True  # a phone-sized reply: the next sentence would run too long
             return None
         self._so_far = so_far
         self._seen.add(norm)
         self._accepted.append(text)
-        self._words += len(text.split())
+        self._words += words
         if len(self._accepted) >= self.max_sentences or self._words >= self.max_words:
             self.done = True
         return text
