@@ -202,7 +202,7 @@ class Daemon:
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> str:
         """Block until the "ready:" line (engines warm, sockets listening) and return it."""
-        self.ready_line = self.wait_for("aicallerd: ready: listening", timeout)
+        self.ready_line = self.wait_for("aicallerd: ready: ", timeout)
         return self.ready_line
 
     def alive(self) -> bool:

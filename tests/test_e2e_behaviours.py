@@ -75,6 +75,7 @@ def seconds_from_last_sound_to_close(result: CallResult) -> float:
 def test_opening_hours_then_goodbye_ends_the_call(daemon):
     said = ["When are you open?", "Okay, thank you very much. Goodbye."]
     result = trio.run(lambda: place_call(target(daemon), [Utterance(speak(s), s) for s in said]))
+    daemon.wait_for(f"[{result.call_sid}] call ended")  # all recorded
     heard = turns(daemon.db_path, result.call_sid, "caller")
     assert len(heard) == 2, (heard, daemon.log_text()[-2000:])
     # The owner's facts are in the model's prompt, but SmolLM2-135M does not reliably repeat
@@ -146,6 +147,7 @@ def test_a_number_read_with_pauses_is_one_turn(daemon):
     pause = np.zeros(int(1.0 * 8000), dtype=np.int16)  # a caller's 1 s pause mid-number
     pcm = np.concatenate([speak(parts[0]), pause, speak(parts[1]), pause, speak(parts[2])])
     result = trio.run(lambda: place_call(target(daemon), [Utterance(pcm, " ".join(parts))]))
+    daemon.wait_for(f"[{result.call_sid}] call ended")  # all recorded
     heard = turns(daemon.db_path, result.call_sid, "caller")
     assert len(heard) == 1, heard  # not cut off at a pause
     # The last digits, after both pauses, are in the same turn as "my number is".
@@ -156,6 +158,7 @@ def test_a_number_read_with_pauses_is_one_turn(daemon):
 def test_a_complete_question_is_answered_sooner_than_the_fixed_rule(daemon):
     said = "Where is the bakery?"
     result = trio.run(lambda: place_call(target(daemon), [Utterance(speak(said), said)]))
+    daemon.wait_for(f"[{result.call_sid}] call ended")  # all recorded
     line = next(
         line for line in daemon.lines if result.call_sid in line and "endpoint_wait=" in line
     )

@@ -59,6 +59,8 @@ def test_two_turn_call(daemon, stt):
     script = [Utterance(speak(text), text) for text in SAID]
     result = trio.run(lambda: place_call(target(daemon), script))
     assert result.refused is None
+    # Every turn is in the call log (and its log line written) by the time the call has ended.
+    daemon.wait_for(f"[{result.call_sid}] call ended")
 
     # The greeting was played and is speech.
     greeting = stt.transcribe_sync(ulaw_decode(bytes(result.greeting_audio)))
@@ -81,12 +83,15 @@ def test_two_turn_call(daemon, stt):
         words = normalize(stt.transcribe_sync(pcm)).split()
         assert len(words) >= 2, words
 
-    # One log line per turn with the caller text, the reply and the latency legs.
+    # One log line per model turn with the caller text, the reply and the latency legs; the
+    # goodbye is answered with the farewell line and the daemon ends the call.
     turn_lines = [
         line for line in daemon.lines if result.call_sid in line and "voice_to_voice=" in line
     ]
-    assert len(turn_lines) == 2
+    assert len(turn_lines) == 1
     assert "stt_tail=" in turn_lines[0] and "llm_first_token=" in turn_lines[0]
+    assert result.closed_by_daemon
+    daemon.wait_for(f"[{result.call_sid}] call ended: caller_goodbye")
 
 
 def test_forged_signature_is_refused(daemon):
