@@ -27,8 +27,6 @@ timestamps), mapped to ``now`` by the arrival time of the latest frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from aicallerd.call.actions import (
@@ -48,6 +46,7 @@ from aicallerd.call.actions import (
     Transcribe,
 )
 from aicallerd.call.settings import CallSettings
+from aicallerd.call.turns import KEY_PHRASE_ID, Job, Phrase, Turn
 from aicallerd.endpointer import (
     SAMPLE_RATE,
     ChunkReady,
@@ -66,55 +65,6 @@ RESUME_WINDOW_SECONDS = 10.0  # a cut reply is picked up again only this soon af
 WORD_CHECK_FRAMES = 15  # re-check an interruption's words after ~0.3 s more audio
 _EPS = 1e-6  # speech time is summed frame by frame: allow for float error at thresholds
 HOLD_SILENCE_FACTOR = 3.0  # "hold on": the silence limit stretches this much until they speak
-KEY_PHRASE_ID = -1  # the phrase of a turn made of key presses: never the endpointer's
-
-
-# -- state --------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Phrase:
-    """One caller utterance, transcribed whole at each pause (see :meth:`Conversation._heard`)."""
-
-    id: int
-    started: float
-    chunks: list[np.ndarray] = field(default_factory=list)  # the endpointer's cuts, in order
-    pending: set[int] = field(default_factory=set)  # transcription jobs still out
-    version: int = 0  # bumped when the caller goes on after a pause: older transcripts are stale
-    heard: str | None = None  # the transcript of everything said up to the last pause
-    speech_seconds: float = 0.0
-    audio: list[np.ndarray] = field(default_factory=list)  # kept only for word checks
-    check_job: int | None = None
-    checked_frames: int = 0
-    cut_line: bool = False  # already stopped a fixed line
-    answered: bool = False  # a turn was made of it
-    ended: bool = False
-    speech_end: float = 0.0
-    decided: float = 0.0
-
-    def text(self) -> str:
-        return (self.heard or "").strip()
-
-
-@dataclass(eq=False)
-class _Turn:
-    """The agent's answer to one phrase."""
-
-    number: int
-    phrase: _Phrase
-    speculative: bool
-    caller_text: str = ""
-    started: bool = False  # StartReply (or Replay) was emitted
-    committed: bool = False
-    interrupted: bool = False
-    replay: bool = False
-
-
-@dataclass
-class _Job:
-    phrase: _Phrase
-    kind: str  # "phrase" | "check" | "stale"
-    index: int = 0
 
 
 class Conversation:
@@ -134,13 +84,13 @@ class Conversation:
         self._speaking = False
         self._offset = 0.0  # monotonic - audio time, from the latest frame
         self._turn_count = 0
-        self._jobs: dict[int, _Job] = {}
+        self._jobs: dict[int, Job] = {}
         self._next_job = 0
-        self._phrase: _Phrase | None = None
-        self._turn: _Turn | None = None  # holds, or is about to take, the floor
-        self._turns: dict[int, _Turn] = {}  # started and not yet finished
+        self._phrase: Phrase | None = None
+        self._turn: Turn | None = None  # holds, or is about to take, the floor
+        self._turns: dict[int, Turn] = {}  # started and not yet finished
         self._line: str | None = None  # the fixed line being spoken
-        self._cut: tuple[_Turn, float, tuple[Spoken, ...]] | None = None  # last barge-in
+        self._cut: tuple[Turn, float, tuple[Spoken, ...]] | None = None  # last barge-in
         self._carry = ""  # words of a caller who talked on before hearing the reply
         self._keys: list[str] = []  # DTMF digits collected for the next key turn
         self._keys_started = 0.0
@@ -338,7 +288,7 @@ class Conversation:
 
     def _on_endpoint(self, ev: Event, frame_end: float, out: list[Action]) -> None:
         if isinstance(ev, SpeechStart):
-            self._phrase = _Phrase(ev.phrase_id, started=self._mono(ev.t))
+            self._phrase = Phrase(ev.phrase_id, started=self._mono(ev.t))
             self._holding = False  # they are back
             return
         phrase = self._phrase
@@ -386,17 +336,17 @@ class Conversation:
             # else: a short phrase under the agent's turn; its words decide (_text_ready)
 
     def _transcribe(
-        self, phrase: _Phrase, kind: str, pcm: np.ndarray, out: list[Action], index: int = 0
+        self, phrase: Phrase, kind: str, pcm: np.ndarray, out: list[Action], index: int = 0
     ) -> int:
         job = self._next_job
         self._next_job += 1
-        self._jobs[job] = _Job(phrase, kind, index)
+        self._jobs[job] = Job(phrase, kind, index)
         if kind != "check":
             phrase.pending.add(job)
         out.append(Transcribe(job, pcm))
         return job
 
-    def _heard(self, phrase: _Phrase, held: np.ndarray | None, out: list[Action]) -> None:
+    def _heard(self, phrase: Phrase, held: np.ndarray | None, out: list[Action]) -> None:
         """Transcribe the whole phrase so far, once per pause.
 
         One call costs Whisper the same whatever the length (it pads to a 30 s window), so
@@ -411,7 +361,7 @@ class Conversation:
             return
         self._transcribe(phrase, "phrase", np.concatenate(parts), out, index=phrase.version)
 
-    def _adapt_end_of_turn(self, phrase: _Phrase, out: list[Action]) -> None:
+    def _adapt_end_of_turn(self, phrase: Phrase, out: list[Action]) -> None:
         """With ``end_of_turn = "adaptive"``: the words at the pause choose how long a silence
         ends the turn: a complete question is answered sooner, a number being read out or a
         trailing "and" is waited for longer. Back to the default when the caller goes on."""
@@ -428,7 +378,7 @@ class Conversation:
         self.endpointer.set_turn_silence(seconds)
         out.append(Note(f"end of turn: {phrase.text()!r} is {kind.value}: {seconds:g}s pause"))
 
-    def _went_on(self, phrase: _Phrase) -> None:
+    def _went_on(self, phrase: Phrase) -> None:
         """The caller went on after a pause: what was transcribed there is now partial."""
         phrase.version += 1
         phrase.heard = None
@@ -438,7 +388,7 @@ class Conversation:
                 job.kind = "stale"
             phrase.pending.discard(job_id)
 
-    def _text_ready(self, phrase: _Phrase, out: list[Action]) -> None:
+    def _text_ready(self, phrase: Phrase, out: list[Action]) -> None:
         """Every transcription of ``phrase`` so far is in."""
         turn = self._turn
         if turn is not None and turn.phrase is phrase:
@@ -448,12 +398,12 @@ class Conversation:
 
     # -- speaking -------------------------------------------------------------------------------
 
-    def _new_turn(self, phrase: _Phrase, *, speculative: bool) -> _Turn:
+    def _new_turn(self, phrase: Phrase, *, speculative: bool) -> Turn:
         self._turn_count += 1
         phrase.answered = True
-        return _Turn(self._turn_count, phrase, speculative)
+        return Turn(self._turn_count, phrase, speculative)
 
-    def _start(self, turn: _Turn, out: list[Action]) -> None:
+    def _start(self, turn: Turn, out: list[Action]) -> None:
         """Start the reply once the words are in; nothing to answer is a backchannel."""
         if turn.started or turn.phrase.pending:
             return
@@ -474,20 +424,20 @@ class Conversation:
         if turn.committed:
             self._emit_commit(turn, out)
 
-    def _commit(self, turn: _Turn, out: list[Action]) -> None:
+    def _commit(self, turn: Turn, out: list[Action]) -> None:
         turn.committed = True
         if turn.started:
             self._emit_commit(turn, out)
         elif not turn.phrase.pending:
             self._start(turn, out)
 
-    def _emit_commit(self, turn: _Turn, out: list[Action]) -> None:
+    def _emit_commit(self, turn: Turn, out: list[Action]) -> None:
         out.append(CommitReply(turn.number, turn.phrase.speech_end, turn.phrase.decided))
         if not turn.replay:
             self._carry = ""
             self._cut = None
 
-    def _no_words(self, turn: _Turn, out: list[Action]) -> None:
+    def _no_words(self, turn: Turn, out: list[Action]) -> None:
         """No words, or only "mm-hm": after a false barge-in, pick the cut reply up again at
         the sentence that was cut instead of leaving the caller in silence."""
         if self._turn is turn:
@@ -513,7 +463,7 @@ class Conversation:
             return
         out.append(Note(f"turn {turn.number}: no words heard, not replying"))
 
-    def _fixed_answer(self, turn: _Turn, out: list[Action]) -> bool:
+    def _fixed_answer(self, turn: Turn, out: list[Action]) -> bool:
         """A goodbye or a "hold on" is answered with a fixed line, not the model.
 
         True when ``turn`` is one (it is then answered once committed: a caller who goes on
@@ -560,7 +510,7 @@ class Conversation:
             self._interrupt(turn, out, "keys")
         self._turn = None
         text = f"The caller pressed {' '.join(keys)}."
-        phrase = _Phrase(KEY_PHRASE_ID, started=self._keys_started, heard=text, ended=True)
+        phrase = Phrase(KEY_PHRASE_ID, started=self._keys_started, heard=text, ended=True)
         phrase.speech_end = phrase.decided = self._now
         self._turn = self._new_turn(phrase, speculative=False)
         self._commit(self._turn, out)
@@ -578,7 +528,7 @@ class Conversation:
     # -- interruptions --------------------------------------------------------------------------
 
     def _decide_interruption(
-        self, phrase: _Phrase, out: list[Action], heard: str | None = None
+        self, phrase: Phrase, out: list[Action], heard: str | None = None
     ) -> None:
         """The one place that decides whether the caller took the floor.
 
@@ -625,7 +575,7 @@ class Conversation:
                 return  # not yet: checked again once more audio is in
         self._interrupt(turn, out, f"caller spoke {phrase.speech_seconds:.2f}s")
 
-    def _check_words(self, phrase: _Phrase, out: list[Action]) -> None:
+    def _check_words(self, phrase: Phrase, out: list[Action]) -> None:
         """With ``barge_in_min_words``: transcribe what the interrupter said so far."""
         if phrase.check_job is not None:
             return
@@ -634,7 +584,7 @@ class Conversation:
         phrase.checked_frames = len(phrase.audio)
         phrase.check_job = self._transcribe(phrase, "check", np.concatenate(phrase.audio), out)
 
-    def _interrupt(self, turn: _Turn, out: list[Action], why: str) -> None:
+    def _interrupt(self, turn: Turn, out: list[Action], why: str) -> None:
         """Barge-in: cancel the turn's one scope and drop what is queued for the caller."""
         out.append(Note(f"barge-in: {why} over turn {turn.number}"))
         turn.interrupted = True
