@@ -8,7 +8,6 @@ so each turn-taking decision is checked to the frame. Monotonic time equals audi
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from session_harness import settings as harness_settings
 
 from aicallerd.call.actions import (
     Action,
@@ -34,8 +34,7 @@ from aicallerd.call.actions import (
     Transcribe,
 )
 from aicallerd.call.conversation import RESUME_WINDOW_SECONDS, Conversation
-from aicallerd.call.settings import CallSettings, ReplySettings
-from aicallerd.endpointer import EndpointerSettings
+from aicallerd.call.settings import CallSettings
 from aicallerd.text.guardrail import TURN_GUARDRAIL
 
 SR = 8000
@@ -49,33 +48,9 @@ TIME_LIMIT = "That is all the time we have."
 
 
 def settings(**overrides: object) -> CallSettings:
-    """The defaults of the session tests, with ``overrides`` applied."""
-    base = CallSettings(
-        endpointer=EndpointerSettings(
-            min_speech_rms_threshold=200.0,
-            chunk_silence_seconds=0.3,
-            done_speaking_silence_seconds=0.6,
-            min_chunk_seconds=0.5,
-            max_chunk_seconds=10.0,
-            lead_in_seconds=0.2,
-        ),
-        reply=ReplySettings(max_tokens=120, temperature=0.4),
-        system_prompt="You are a test agent.",
-        greeting="",
-        goodbye=GOODBYE,
-        time_limit_line=TIME_LIMIT,
-        history_turns=4,
-        max_silence_seconds=60.0,
-        max_call_seconds=600.0,
-        barge_in=True,
-        barge_in_min_speech_seconds=0.2,
-        barge_in_min_words=0,
-        barge_in_ignore_backchannels=True,
-        speculative=True,
-        store_audio_dir=None,
-        end_of_turn="fixed",  # the sections below feed late transcripts; 12 tests "adaptive"
-    )
-    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    """The session tests' settings; the sections below feed late transcripts, so the end of
+    turn is the fixed rule unless a test asks for "adaptive"."""
+    return harness_settings(**{"end_of_turn": "fixed", **overrides})
 
 
 Stamped = list[tuple[float, Action]]  # (arrival time of the frame, action it caused)
