@@ -20,6 +20,7 @@ from session_harness import settings as harness_settings
 from aicallerd.call.actions import (
     Action,
     CancelReply,
+    CancelTranscription,
     Clear,
     Close,
     CommitReply,
@@ -34,6 +35,7 @@ from aicallerd.call.actions import (
     Transcribe,
 )
 from aicallerd.call.conversation import RESUME_WINDOW_SECONDS, Conversation
+from aicallerd.call.lines import FALLBACK_LINE
 from aicallerd.call.settings import CallSettings
 from aicallerd.text.guardrail import TURN_GUARDRAIL
 
@@ -205,6 +207,29 @@ def test_no_words_at_end_of_turn_means_no_reply() -> None:
     job = job_of(call.silence(0.6))
     assert call.transcribed(job, "") == [Note("turn 1: no words heard, not replying")]
     assert len(call.conv.history) == 1
+
+
+def test_words_that_could_not_be_transcribed_get_the_apology() -> None:
+    """The transcriber failed or missed its deadline: the caller spoke, so they hear the
+    apology asking them to say it again, never silence."""
+    call = Call()
+    call.speak(1.0)
+    job = job_of(call.silence(0.6))
+    out = call.conv.transcribed(job, "", call.now, failed=True)
+    assert out == [
+        Note("turn 1: the transcription failed, apologising"),
+        SayLine("sorry", FALLBACK_LINE),
+    ]
+
+
+def test_a_stale_transcription_is_cancelled_when_the_caller_goes_on() -> None:
+    """The pause's transcription is not back yet and the caller goes on: its CPU is freed."""
+    call = Call()
+    call.speak(1.0)
+    first = job_of(call.silence(0.36))
+    resumed = acts(call.speak(0.2))
+    assert CancelTranscription(first) in resumed
+    assert call.transcribed(first, "hello there") == []  # and a late answer changes nothing
 
 
 # -- 2. speculation discarded ------------------------------------------------------------------

@@ -546,6 +546,27 @@ def test_a_slow_voice_leaves_no_gap_after_a_short_first_clause() -> None:
     assert rest.first_t - clause.last_t == pytest.approx(FRAME_SECONDS, abs=0.001)
 
 
+def test_a_transcription_past_its_deadline_gets_the_apology() -> None:
+    """A transcriber slower than its deadline (an overloaded machine): the caller hears the
+    apology within the deadline, and the next turn is answered."""
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await h.wait_until(lambda: bool(h.sink.agent_lines))  # the apology was played
+        h.stt.delay = 0.03
+        await trio.sleep(0.4)
+        await h.say("w4", "w5")
+        await h.wait_agent_turns(1)
+        await settle(h)
+
+    h = run_call(caller, call_settings=settings(transcribe_seconds=1.0), stt=FakeSTT(delay=3.0))
+    sorry, answer = h.segments()
+    assert (sorry.label, answer.label) == ("canned:sorry", "I heard w4 w5.")
+    said = h.said[0]
+    assert sorry.first_t <= said.speech_end + 0.3 + 1.0 + 0.1  # the pause, then the deadline
+
+
 # -- 6. limits -----------------------------------------------------------------------------
 
 

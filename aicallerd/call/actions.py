@@ -42,6 +42,13 @@ class Transcribe:
 
 
 @dataclass(frozen=True)
+class CancelTranscription:
+    """The audio of ``job`` is stale (the caller went on): stop spending CPU on it."""
+
+    job: int
+
+
+@dataclass(frozen=True)
 class StartReply:
     turn: int
     messages: tuple[dict[str, str], ...]
@@ -116,6 +123,7 @@ class Note:
 
 Action = (
     Transcribe
+    | CancelTranscription
     | StartReply
     | CommitReply
     | CancelReply

@@ -32,6 +32,7 @@ import numpy as np
 from aicallerd.call.actions import (
     Action,
     CancelReply,
+    CancelTranscription,
     Clear,
     Close,
     CommitReply,
@@ -45,6 +46,7 @@ from aicallerd.call.actions import (
     StartReply,
     Transcribe,
 )
+from aicallerd.call.lines import FALLBACK_LINE
 from aicallerd.call.settings import CallSettings
 from aicallerd.call.turns import KEY_PHRASE_ID, Job, Phrase, Turn
 from aicallerd.endpointer import (
@@ -137,8 +139,9 @@ class Conversation:
                 self._decide_interruption(phrase, out)
         return out
 
-    def transcribed(self, job: int, text: str, now: float) -> list[Action]:
-        """A transcription came back ("" when it failed or heard nothing)."""
+    def transcribed(self, job: int, text: str, now: float, *, failed: bool = False) -> list[Action]:
+        """A transcription came back: ``text`` ("" for nothing heard), or ``failed`` (an
+        engine error or its deadline: the caller spoke, and must not be met with silence)."""
         out: list[Action] = []
         self._now = now
         found = self._jobs.pop(job, None)
@@ -153,6 +156,7 @@ class Conversation:
             return out
         if found.kind == "phrase" and found.index == phrase.version:
             phrase.heard = text
+            phrase.unheard = failed
             self._adapt_end_of_turn(phrase, out)
             if not phrase.pending:
                 self._text_ready(phrase, out)
@@ -308,7 +312,7 @@ class Conversation:
                 if not phrase.pending:
                     self._text_ready(phrase, out)
         elif isinstance(ev, Resume):
-            self._went_on(phrase)
+            self._went_on(phrase, out)
             turn = self._turn
             if turn is not None and turn.phrase is phrase and not turn.committed:
                 if turn.started:
@@ -378,14 +382,17 @@ class Conversation:
         self.endpointer.set_turn_silence(seconds)
         out.append(Note(f"end of turn: {phrase.text()!r} is {kind.value}: {seconds:g}s pause"))
 
-    def _went_on(self, phrase: Phrase) -> None:
-        """The caller went on after a pause: what was transcribed there is now partial."""
+    def _went_on(self, phrase: Phrase, out: list[Action]) -> None:
+        """The caller went on after a pause: what was transcribed there is now partial, and
+        not worth the CPU another call's turn may need."""
         phrase.version += 1
         phrase.heard = None
+        phrase.unheard = False
         for job_id in list(phrase.pending):
             job = self._jobs.get(job_id)
             if job is not None:
                 job.kind = "stale"
+                out.append(CancelTranscription(job_id))
             phrase.pending.discard(job_id)
 
     def _text_ready(self, phrase: Phrase, out: list[Action]) -> None:
@@ -460,6 +467,11 @@ class Conversation:
             self._turn = turn
             out.append(Replay(turn.number, cut[2], cut[0].number))
             self._emit_commit(turn, out)
+            return
+        if turn.phrase.unheard:
+            # The caller said something we could not transcribe in time: ask again.
+            out.append(Note(f"turn {turn.number}: the transcription failed, apologising"))
+            out += self._say("sorry", FALLBACK_LINE)
             return
         out.append(Note(f"turn {turn.number}: no words heard, not replying"))
 

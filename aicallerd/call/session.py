@@ -32,6 +32,7 @@ from aicallerd.audio.wav import write_wav
 from aicallerd.call.actions import (
     Action,
     CancelReply,
+    CancelTranscription,
     Clear,
     Close,
     CommitReply,
@@ -109,6 +110,7 @@ class CallSession:
         self.speaker = Speaker(self.player, llm=llm, tts=tts, canned=self.canned, settings=settings)
         self.ended = trio.Event()
         self._runs: dict[int, ReplyRun] = {}
+        self._transcriptions: dict[int, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._records: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
         self._frames_in, self._frames_out = trio.open_memory_channel[
@@ -271,6 +273,9 @@ class CallSession:
             if isinstance(action, Transcribe):
                 assert nursery is not None
                 nursery.start_soon(self._transcribe, action.job, action.pcm)
+            elif isinstance(action, CancelTranscription):
+                if (scope := self._transcriptions.get(action.job)) is not None:
+                    scope.cancel()
             elif isinstance(action, StartReply):
                 assert nursery is not None
                 run = self._runs[action.turn] = self.speaker.new_run(
@@ -326,15 +331,19 @@ class CallSession:
                     self._act(actions)
 
     async def _transcribe(self, job: int, pcm: np.ndarray) -> None:
-        text = ""
-        try:
-            with trio.fail_after(self.settings.transcribe_seconds):
-                text = await self._transcribe_fn(pcm)
-        except trio.TooSlowError:
-            self.log.error("stt: no transcript within %gs", self.settings.transcribe_seconds)
-        except Exception as exc:
-            self.log.error("stt failed: %s", exc)
-        self._act(self.core.transcribed(job, text, trio.current_time()))
+        text, failed = "", True
+        with trio.CancelScope() as self._transcriptions[job]:
+            try:
+                with trio.fail_after(self.settings.transcribe_seconds):
+                    text, failed = await self._transcribe_fn(pcm), False
+            except trio.TooSlowError:
+                self.log.error("stt: no transcript within %gs", self.settings.transcribe_seconds)
+            except Exception as exc:
+                self.log.error("stt failed: %s", exc)
+        cancelled = self._transcriptions.pop(job).cancelled_caught
+        if not cancelled:
+            now = trio.current_time()
+            self._act(self.core.transcribed(job, text, now, failed=failed))
 
     # -- speaking ------------------------------------------------------------------------------
     async def _reply(self, run: ReplyRun, messages: tuple[dict[str, str], ...]) -> None:

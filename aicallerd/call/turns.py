@@ -22,6 +22,7 @@ class Phrase:
     pending: set[int] = field(default_factory=set)  # transcription jobs still out
     version: int = 0  # bumped when the caller goes on after a pause: older transcripts are stale
     heard: str | None = None  # the transcript of everything said up to the last pause
+    unheard: bool = False  # that transcription failed or missed its deadline
     speech_seconds: float = 0.0
     audio: list[np.ndarray] = field(default_factory=list)  # kept only for word checks
     check_job: int | None = None
