@@ -164,13 +164,15 @@ async def run_level(daemon: Daemon, script: list[Said], idle: int, line: str, ho
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         calls: list[IdleCall] = []
+        # Twilio streams from the moment a call connects: pace each call as soon as it opens
+        # (the pacer walks the growing list), or the first ones would look like dead peers.
+        nursery.start_soon(pace, calls, line_frames(line), stop)
         for i in range(idle):
             call = await open_idle(target, nursery)
             if call is not None:
                 calls.append(call)
             if i % 50 == 49:
                 log(f"{len(calls)} idle calls open")
-        nursery.start_soon(pace, calls, line_frames(line), stop)
         await trio.sleep(SETTLE)
         rss1 = rss_mb(daemon.proc.pid)
         meter = CpuMeter(daemon.proc.pid)
