@@ -126,12 +126,15 @@ class Dialer:
                 E_BUSY, f"cannot place a call now: {why} ({self.registry.max_calls} lines)"
             )
         limit = cfg.call.max_call_seconds
+        # Behind a shared Caddy, the webhooks of a call we placed must come back to this node:
+        # it holds the nonce (docs/Caddyfile.cluster routes ?node=<name>).
+        node = f"&node={cfg.server.node}" if cfg.server.node else ""
         try:
             created = await rest.place_call(
                 where.number,
                 cfg.twilio.from_number,
-                url=f"{cfg.voice_url}?{NONCE_PARAM}={nonce}",
-                status_callback=cfg.server.public_url + STATUS_PATH,
+                url=f"{cfg.voice_url}?{NONCE_PARAM}={nonce}{node}",
+                status_callback=cfg.server.public_url + STATUS_PATH + node.replace("&", "?"),
                 timeout=RING_SECONDS,
                 # A backstop only: the call itself hangs up at max_call_seconds.
                 time_limit=int(limit) + 60 if math.isfinite(limit) and limit > 0 else None,

@@ -35,6 +35,7 @@ from aicallerd.twilio.rest import CallCreated
 from aicallerd.twilio.sids import valid_call_sid
 from aicallerd.twilio.tokens import StreamTokens
 
+CALLER_ENDED = frozenset({"hangup"})  # Twilio stopped the stream: nothing left to end
 log = logging.getLogger("aicallerd")
 
 SHUTDOWN_LINE = "We have to end the call now. Goodbye!"
@@ -227,6 +228,19 @@ class CallService:
             )
             with trio.CancelScope(shield=True):
                 await self.recorder.ended(info, session.end_reason)
+            if outbound and session.end_reason not in CALLER_ENDED and self._nursery is not None:
+                # We called them and we ended it: make sure Twilio ends the call too.
+                self._nursery.start_soon(self._complete_call, start.call_sid)
+
+    async def _complete_call(self, sid: str) -> None:
+        """Twilio REST ``Status=completed`` for a call we placed and ended ourselves."""
+        cfg = self.config
+        if not (cfg.twilio.account_sid and cfg.twilio.auth_token):
+            return
+        try:
+            await self.dialer.hangup(cfg, sid)
+        except ControlError as exc:
+            call_logger(sid, "aicallerd").warning("could not complete the call: %s", exc.message)
 
     async def place_call(self, target: str, prompt: str | None) -> tuple[CallInfo, CallCreated]:
         """Dial out (aicallerctl call, POST /call/<contact>); raises `ControlError`."""

@@ -17,8 +17,9 @@ import pytest
 import trio
 from fakes.twilio_rest import GEO_PERMISSION, FakeCall, FakeTwilioRest
 from service_util import AUTH_TOKEN, PUBLIC_URL, ctl, launch, target, wer
+from speech import speak
 
-from aicallerctl.testcall import place_call
+from aicallerctl.testcall import Utterance, place_call
 from aicallerd.audio.mulaw import ulaw_decode
 
 pytestmark = pytest.mark.e2e
@@ -124,6 +125,29 @@ def test_call_mom_from_the_command_to_the_greeting(daemon, twilio, stt):
     events = [e["status"] for e in transcript["events"]]
     assert events == ["initiated", "ringing", "in-progress", "completed"]
     assert f"[{sid}] outbound call to {MOM} (mom) placed" in daemon.log_text()
+
+
+def test_a_call_we_placed_and_ended_is_completed_through_twilio(daemon, twilio):
+    """Mom says goodbye: the daemon says its farewell, closes the stream, and because it
+    placed the call it also tells Twilio the call is completed (REST Status=completed)."""
+    sid = ctl(daemon, "call", "mom").stdout.strip()
+    call = next_created(twilio)
+    bye = "Okay, thank you very much. Goodbye."
+    result = trio.run(
+        lambda: place_call(
+            target(daemon),
+            [Utterance(speak(bye), bye)],
+            call_sid=sid,
+            account_sid=twilio.account_sid,
+            direction="outbound-api",
+            voice_url=call.get("Url"),
+            from_number=FROM,
+            to_number=MOM,
+        )
+    )
+    assert result.closed_by_daemon
+    daemon.wait_for(f"[{sid}] call ended: caller_goodbye")
+    assert twilio.wait_updates(call, 1, timeout=15) == [[("Status", "completed")]]
 
 
 def test_twilio_refusal_is_exit_5_with_its_code(daemon, twilio):

@@ -92,6 +92,7 @@ class FakeTwilioRest(LoopbackFake):
         self.refuse: tuple[int, int, str] | None = None
         self.on_create: Callable[[FakeCall], None] | None = None
         self.created_event = threading.Event()
+        self.updated = threading.Condition()  # notified on every call update
 
     # -- helpers for tests ---------------------------------------------------------------
     def call(self, sid: str) -> FakeCall:
@@ -253,9 +254,17 @@ class FakeTwilioRest(LoopbackFake):
             self.on_create(call)
         return None
 
+    def wait_updates(self, call: FakeCall, n: int, timeout: float) -> list[list[tuple[str, str]]]:
+        """Block until ``call`` has had ``n`` updates (or ``timeout``); its updates."""
+        with self.updated:
+            self.updated.wait_for(lambda: len(call.updates) >= n, timeout)
+        return call.updates
+
     def _update(self, h: FakeHandler, call: FakeCall, form: list[tuple[str, str]]) -> None:
         fields = dict(form)
-        call.updates.append(form)
+        with self.updated:
+            call.updates.append(form)
+            self.updated.notify_all()
         status = fields.get("Status")
         if status is not None:
             if status not in ("completed", "canceled"):
