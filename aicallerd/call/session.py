@@ -97,7 +97,6 @@ class CallSession:
         self._transcribe_fn = transcribe
         self.llm = llm
         self.tts = tts
-        self._vad_factory = vad_factory
         self._verify_start = verify_start
         self.sink = sink
         self.canned = dict(canned or {})
@@ -114,8 +113,11 @@ class CallSession:
         self._nursery: trio.Nursery | None = None
         self._records: trio.MemorySendChannel[Callable[[], Awaitable[None]]] | None = None
         self._frames_in, self._frames_out = trio.open_memory_channel[
-            tuple[np.ndarray, float, float]
+            tuple[np.ndarray, float, float, float]
         ](500)
+        self._vad = vad_factory()
+        self._gate = settings.endpointer.min_speech_rms_threshold
+        self._listener_idle = True  # nothing queued for the listener: quiet frames skip it
         self._dropped_frames = 0
         self._hang_up_request: tuple[str, str] | None = None
         self._retime = trio.Event()  # the core's next_tick may have moved earlier
@@ -258,8 +260,16 @@ class CallSession:
 
     def _on_media(self, event: media.Media) -> None:
         pcm = ulaw_decode(event.payload)
+        t, now, level = event.timestamp_ms / 1000.0, trio.current_time(), rms(pcm)
+        if level < self._gate and self._listener_idle:
+            # Most frames of most calls (silence, line noise) need no inference: with nothing
+            # queued ahead of them they go straight to the core, skipping the listener task.
+            self._vad.skip(len(pcm))
+            self._act(self.core.audio(pcm, 0.0, t, now, self.player.speaking, level))
+            return
+        self._listener_idle = False  # frames after this one queue behind it, in order
         try:
-            self._frames_in.send_nowait((pcm, event.timestamp_ms / 1000.0, trio.current_time()))
+            self._frames_in.send_nowait((pcm, t, now, level))
         except trio.WouldBlock:
             self._dropped_frames += 1
             if self._dropped_frames in (1, 100, 1000):
@@ -308,27 +318,28 @@ class CallSession:
     # -- listening -----------------------------------------------------------------------------
     async def _listen(self) -> None:
         """VAD in a worker thread, a batch of whatever frames arrived meanwhile at a time."""
-        vad = self._vad_factory()
-        gate = self.settings.endpointer.min_speech_rms_threshold
+        vad, gate = self._vad, self._gate
         async with self._frames_out:
             async for first in self._frames_out:
+                self._listener_idle = False
                 batch = [first]
                 while True:
                     try:
                         batch.append(self._frames_out.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                frames = [pcm for pcm, _, _ in batch]
-                levels = [rms(pcm) for pcm in frames]
+                frames = [pcm for pcm, _, _, _ in batch]
+                levels = [level for _, _, _, level in batch]
                 if vad.in_thread and max(levels) >= gate:
                     probs = await trio.to_thread.run_sync(
                         probabilities, vad, frames, levels, gate, limiter=VAD_LIMITER
                     )
                 else:
                     probs = probabilities(vad, frames, levels, gate)
-                for (pcm, t, arrived), prob, level in zip(batch, probs, levels, strict=True):
+                for (pcm, t, arrived, level), prob in zip(batch, probs, strict=True):
                     actions = self.core.audio(pcm, prob, t, arrived, self.player.speaking, level)
                     self._act(actions)
+                self._listener_idle = not self._frames_out.statistics().current_buffer_used
 
     async def _transcribe(self, job: int, pcm: np.ndarray) -> None:
         text, failed = "", True
