@@ -85,9 +85,11 @@ class ServerConfig(Section):
         '+ node (docs/Caddyfile.cluster); "" = the only node.',
     )
     max_concurrent_calls: int = key(
-        4,
+        2,
         number(int, 1),
-        comment="Calls answered at once; further callers hear [call] busy_message.",
+        comment="Calls answered at once; further callers hear [call] busy_message. 2 is what "
+        "two cores hold with the embedded engines (README, Latency); raise it when the "
+        "engines run elsewhere.",
     )
     shutdown_grace_seconds: float = key(
         30.0,
