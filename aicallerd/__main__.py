@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -74,5 +75,20 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
+def _exit(code: int) -> None:
+    """Leave without running native destructors: the embedded llama.cpp server's threads
+    are still up, and tearing them down from the interpreter's finalizers can abort.
+    Everything of ours (call log, logs, sockets) is closed and flushed by then."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run() -> None:
+    """The ``aicallerd`` command."""
+    _exit(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -55,6 +55,8 @@ def test_unreachable_cloud_engines_start_on_the_local_ones(
             return status, text, engines.canned.get("sorry", b"")
         finally:
             await engines.aclose()
+            if engines.llama is not None:  # the daemon leaves it to its exit; a test stops it
+                await trio.to_thread.run_sync(engines.llama.close)
 
     with caplog.at_level(logging.WARNING, logger="aicallerd.engines"):
         status, text, sorry = trio.run(main)

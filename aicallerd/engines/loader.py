@@ -66,9 +66,10 @@ class Engines:
         }
 
     async def aclose(self) -> None:
+        """Close the HTTP clients. The embedded llama.cpp server is left to the process's
+        exit (see ``aicallerd.__main__``): xllamacpp's stop sometimes aborts the process
+        ("terminate called without an active exception") while its threads wind down."""
         await self.http.aclose()
-        if self.llama is not None:
-            await trio.to_thread.run_sync(self.llama.close)
 
 
 def _vad_factory(cfg: Config) -> tuple[Callable[[], object], str]:
