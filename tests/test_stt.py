@@ -9,6 +9,7 @@ import trio
 from speech import speak
 
 from aicallerd.engines.stt import STTError, Transcriber, clean_transcript
+from aicallerd.engines.whisper_window import MIN_WINDOW_SECONDS, window_seconds
 from bench.wer import wer
 
 PHRASE = "Hello, I would like to book a table for two people tomorrow evening."
@@ -119,3 +120,55 @@ def test_model_that_would_need_a_download_fails_fast() -> None:
 def test_missing_model_directory() -> None:
     with pytest.raises(STTError, match="does not exist"):
         Transcriber(model="/nonexistent/whisper").load()
+
+
+PHRASES = [
+    PHRASE,
+    SHORT,
+    "Are you open on Sunday?",
+    "My flight was canceled this morning and I need to find another way home.",
+    "What is the address of your office?",
+    "I need to cancel my appointment on Thursday.",
+]
+
+
+def test_phrase_window_follows_the_phrase_length() -> None:
+    assert window_seconds(1.5) == MIN_WINDOW_SECONDS  # short phrases: the minimum window
+    assert window_seconds(12.2) == 16  # 3 s of silence after the speech, rounded up
+    assert window_seconds(27.5) is None  # near Whisper's own 30 s: faster-whisper's path
+    assert window_seconds(95.0) is None
+
+
+def _full_window(stt: Transcriber, pcm8: np.ndarray) -> str:
+    """The same model on faster-whisper's own 30 s window, for comparison."""
+    windowed, stt._windowed = stt._windowed, None
+    try:
+        return stt.transcribe_sync(pcm8)
+    finally:
+        stt._windowed = windowed
+
+
+def test_phrase_window_hears_as_well_as_the_full_window(stt: Transcriber) -> None:
+    """The shorter window is only worth it if the words are as good: over six phrases its
+    word errors stay within 1.5x of the full 30 s window's (plus one word of slack)."""
+    assert stt._windowed is not None
+    words = sum(len(p.split()) for p in PHRASES)
+    short = full = 0.0
+    for phrase in PHRASES:
+        pcm8 = speak(phrase, rate=8000)
+        short += wer(phrase, stt.transcribe_sync(pcm8)) * len(phrase.split())
+        full += wer(phrase, _full_window(stt, pcm8)) * len(phrase.split())
+    assert short <= 1.5 * full + 1, (short / words, full / words)
+    assert short / words < 0.25
+
+
+def test_long_speech_still_transcribed_whole(stt: Transcriber) -> None:
+    """Past the windowed path's limit (a 28 s monologue) the full path hears all of it."""
+    gap = np.zeros(8000 * 2, dtype=np.int16)
+    parts = [speak(p, rate=8000) for p in PHRASES]
+    pcm8 = np.concatenate([x for p in parts for x in (p, gap)])
+    while pcm8.size / 8000 < 28:
+        pcm8 = np.concatenate([pcm8, parts[0], gap])
+    assert window_seconds(pcm8.size / 8000) is None
+    text = stt.transcribe_sync(pcm8).lower()
+    assert "table" in text and "sunday" in text and "thursday" in text, text

@@ -24,6 +24,7 @@ import trio
 
 from aicallerd.audio.resample import pcm16_to_float, resample, rms
 from aicallerd.engines import bundled
+from aicallerd.engines.whisper_window import WindowedDecoder, window_seconds
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class Transcriber:
         self.language = language
         self.cpu_threads = cpu_threads or _default_threads()
         self._whisper: Any = None
+        self._windowed: WindowedDecoder | None = None
         self._name = model
         self._load_lock = threading.Lock()
         self._limiter = trio.CapacityLimiter(1)
@@ -187,6 +189,8 @@ class Transcriber:
                 )
             except Exception as exc:
                 raise STTError(f"cannot load Whisper model {name!r} from {path}: {exc}") from exc
+            if self.language:
+                self._windowed = WindowedDecoder(self._whisper, self.language, self.beam_size)
             self._name = name
             log.info("loaded %s in %.2f s", self.describe(), time.monotonic() - started)
 
@@ -204,19 +208,24 @@ class Transcriber:
             return ""
         audio = resample(pcm16_to_float(pcm8), CALL_RATE, WHISPER_RATE).astype(np.float32)
         seconds = pcm8.size / CALL_RATE
-        segments, _info = self._whisper.transcribe(
-            audio,
-            language=self.language,
-            beam_size=self.beam_size,
-            best_of=1,
-            temperature=0.0,  # no fallback re-decoding: it multiplies latency on bad audio
-            without_timestamps=True,
-            vad_filter=False,
-            condition_on_previous_text=False,
-            # A cap against runaway repetition loops, generous for fast talkers.
-            max_new_tokens=int(24 + 10 * seconds),
-        )
-        text = " ".join(seg.text.strip() for seg in segments)
+        # A cap against runaway repetition loops, generous for fast talkers.
+        max_new_tokens = int(24 + 10 * seconds)
+        window = window_seconds(seconds)
+        if window is not None and self._windowed is not None:
+            text = self._windowed.decode(audio, window, max_new_tokens)
+        else:
+            segments, _info = self._whisper.transcribe(
+                audio,
+                language=self.language,
+                beam_size=self.beam_size,
+                best_of=1,
+                temperature=0.0,  # no fallback re-decoding: it multiplies latency on bad audio
+                without_timestamps=True,
+                vad_filter=False,
+                condition_on_previous_text=False,
+                max_new_tokens=max_new_tokens,
+            )
+            text = " ".join(seg.text.strip() for seg in segments)
         return clean_transcript(text, rms(pcm8))
 
     async def transcribe(self, pcm8: np.ndarray) -> str:
