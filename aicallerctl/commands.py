@@ -207,7 +207,31 @@ def format_status(result: Mapping[str, Any]) -> list[str]:
                 for name, leg in latency.items()
             ),
         )
+    lines += format_cpu(result.get("cpu"))
     return lines
+
+
+def cpu_seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def format_cpu(cpu: Mapping[str, Any] | None) -> list[str]:
+    """CPU seconds per answered turn for each leg, and in all, since the engines loaded."""
+    if not cpu or not cpu.get("seconds"):
+        return []
+    turns = int(cpu.get("turns") or 0)
+    seconds: Mapping[str, float] = cpu["seconds"]
+    total = sum(seconds.values())
+    rows = [
+        (name, cpu_seconds(value / turns if turns else None), cpu_seconds(value))
+        for name, value in [*seconds.items(), ("total", total)]
+    ]
+    return [
+        "",
+        f"CPU per answered turn over {turns} turns (in the {duration(cpu.get('since_s'))} "
+        "since the engines loaded):",
+        *table(("LEG", "CPU/TURN", "CPU"), rows),
+    ]
 
 
 def format_calls(calls: Sequence[Mapping[str, Any]]) -> list[str]:

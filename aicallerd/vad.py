@@ -27,6 +27,7 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # must precede the onnxruntime import
 
 from aicallerd.audio.resample import rms
+from aicallerd.cputime import charged
 
 SAMPLE_RATE = 8000
 QUIET_RESET_SAMPLES = 1600  # 200 ms below the gate: the next speech starts the model afresh
@@ -159,12 +160,14 @@ def probabilities(
     vad: Any, frames: list[np.ndarray], levels: list[float], gate: float
 ) -> list[float]:
     """Speech probability of each frame; 0.0 without inference for frames whose RMS
-    (``levels``) is below ``gate``, which the endpointer would not count as speech anyway."""
+    (``levels``) is below ``gate``, which the endpointer would not count as speech anyway.
+    The calling thread's CPU here is counted as the VAD leg (`aicallerd.cputime`)."""
     out = []
-    for pcm, level in zip(frames, levels, strict=True):
-        if level < gate:
-            vad.skip(len(pcm))
-            out.append(0.0)
-        else:
-            out.append(vad.probability(pcm))
+    with charged("vad"):
+        for pcm, level in zip(frames, levels, strict=True):
+            if level < gate:
+                vad.skip(len(pcm))
+                out.append(0.0)
+            else:
+                out.append(vad.probability(pcm))
     return out

@@ -42,6 +42,7 @@ from bench.daemon import Daemon, DaemonError, running_daemon
 from bench.daemonlog import DaemonTurn, barge_ins_of, notable, turns_of
 from bench.report import (
     CpuMeter,
+    cpu_legs_table,
     cpu_line,
     machine_info,
     machine_line,
@@ -336,11 +337,16 @@ def _gap_summary(turns: list[TurnMetrics]) -> str:
     )
 
 
+def _meter(daemon: Daemon) -> CpuMeter:
+    """The machine's CPU and the daemon's per leg (read over its control socket)."""
+    return CpuMeter(daemon.proc.pid, daemon.runtime_dir / "control.sock")
+
+
 async def mode_conversation(daemon: Daemon, lines: list[Line], per_call: int) -> dict[str, Any]:
     """Mode 1: the whole script, ``per_call`` turns per call, one call at a time."""
     chunks = [lines[i : i + per_call] for i in range(0, len(lines), per_call)]
     outcomes = []
-    meter = CpuMeter(daemon.proc.pid)
+    meter = _meter(daemon)
     meter.start()
     for i, chunk in enumerate(chunks, 1):
         log(f"conversation: call {i}/{len(chunks)} ({len(chunk)} turns)")
@@ -358,7 +364,7 @@ async def mode_concurrency(
             [Said(lines[(i * turns + k) % len(lines)]) for k in range(turns)] for i in range(n)
         ]
         log(f"concurrency: {n} simultaneous caller(s), {turns} turns each")
-        meter = CpuMeter(daemon.proc.pid)
+        meter = _meter(daemon)
         meter.start()
         outcomes = await calls_at_once(daemon, scripts, stagger)
         out["levels"][n] = {"outcomes": outcomes, "cpu": meter.stop()}
@@ -371,7 +377,7 @@ async def mode_barge_in(
 ) -> dict[str, Any]:
     """Mode 3: each call has one normal turn, then ``per_call`` utterances that interrupt."""
     outcomes = []
-    meter = CpuMeter(daemon.proc.pid)
+    meter = _meter(daemon)
     meter.start()
     for c in range(calls):
         picked = [lines[(c * (per_call + 1) + k) % len(lines)] for k in range(per_call + 1)]
@@ -461,11 +467,33 @@ def report_conversation(res: dict[str, Any], cfg: dict[str, Any]) -> str:
             ],
         ),
     ]
-    parts += ["", cpu_line(res["cpu"])]
+    parts += ["", cpu_line(res["cpu"]), "", cpu_legs_table(res["cpu"].get("legs"))]
     fails = _failures(outcomes)
     if fails:
         parts += ["", "Failures:", *[f"- {f}" for f in fails]]
     return "\n".join(parts)
+
+
+def _cpu_legs_by_level(res: dict[str, Any]) -> str:
+    """CPU seconds per answered turn for each leg, one row per number of callers."""
+    rows, header = [], ["N", "turns"]
+    for n, level in res["levels"].items():
+        legs = level["cpu"].get("legs")
+        if not legs:
+            continue
+        if len(header) == 2:
+            header += list(legs["per_turn"])
+        rows.append([n, legs["turns"], *(ms(v, 3) for v in legs["per_turn"].values())])
+    if not rows:
+        return "CPU per leg: not available (the daemon's control socket did not answer)."
+    return "\n".join(
+        [
+            "Daemon CPU seconds per answered turn, by leg (engine legs are their own threads "
+            "plus the calling worker's share; framing is the event loop):",
+            "",
+            table(header, rows),
+        ]
+    )
 
 
 def report_concurrency(res: dict[str, Any]) -> str:
@@ -541,6 +569,8 @@ def report_concurrency(res: dict[str, Any]) -> str:
         "when a steady-state frame arrived (how early it was); jitter: stdev of that lead within "
         "a reply. CPU % is of one core (200 % = both cores of a 2-core box); others: every "
         "process but the daemon and the benchmark.",
+        "",
+        _cpu_legs_by_level(res),
     ]
     busy = [n for n, level in res["levels"].items() if (level["cpu"].get("others_pct") or 0) > 15]
     if busy:
@@ -736,6 +766,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             "caller_v2v_heard": _p([t.v2v_heard_ms for t in turns]),
             "starved_ms_total": sum(t.timing.starved_ms or 0 for t in turns),
             "underruns": sum(t.underruns for t in turns),
+            "cpu_legs": results["conversation"]["cpu"].get("legs"),
         }
     if "concurrency" in results:
         out["concurrency"] = {}

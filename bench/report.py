@@ -1,4 +1,5 @@
-"""Numbers to text: markdown tables, machine info, CPU use."""
+"""Numbers to text: markdown tables, machine info, CPU use (the machine's, and the daemon's
+per leg as its control socket reports it)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def ms(value: float | None, digits: int = 0) -> str:
@@ -130,27 +132,91 @@ def _proc_jiffies(pid: int) -> int | None:
     return int(stat[11]) + int(stat[12])
 
 
+def daemon_cpu(control_socket: str | Path) -> dict[str, Any] | None:
+    """The daemon's CPU per leg since its engines loaded (``status`` over the control
+    socket: turns answered and seconds per leg); None when it cannot be read."""
+    from aicallerctl.client import ControlClient, CtlError
+
+    try:
+        with ControlClient(str(control_socket), 10.0) as client:
+            cpu = client.request("status").get("cpu")
+    except (CtlError, OSError):
+        return None
+    return cpu if isinstance(cpu, dict) else None
+
+
+def cpu_legs(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """What the daemon spent between two `daemon_cpu` readings: turns answered, CPU seconds
+    per leg and per answered turn (None per turn when no turn was answered)."""
+    if not before or not after:
+        return None
+    turns = int(after["turns"]) - int(before["turns"])
+    seconds = {
+        leg: round(max(0.0, value - before["seconds"].get(leg, 0.0)), 3)
+        for leg, value in after["seconds"].items()
+    }
+    seconds["total"] = round(sum(seconds.values()), 3)
+    per_turn = {leg: round(v / turns, 3) if turns > 0 else None for leg, v in seconds.items()}
+    return {"turns": turns, "seconds": seconds, "per_turn": per_turn}
+
+
+def cpu_legs_table(legs: Mapping[str, Any] | None) -> str:
+    """CPU seconds per answered turn for each leg, as a markdown table (or why not)."""
+    if not legs:
+        return "CPU per leg: not available (the daemon's control socket did not answer)."
+    total = legs["seconds"]["total"]
+    rows = [
+        [
+            leg,
+            ms(legs["per_turn"][leg], 3),
+            ms(seconds, 2),
+            ms(100 * seconds / total if total else None),
+        ]
+        for leg, seconds in legs["seconds"].items()
+    ]
+    return "\n".join(
+        [
+            f"Daemon CPU per answered turn, by leg ({legs['turns']} turns; engine legs are "
+            "their own threads plus the calling worker's share, framing is the event loop):",
+            "",
+            table(["leg", "CPU s/turn", "CPU s", "share %"], rows),
+        ]
+    )
+
+
 class CpuMeter:
     """CPU used by the daemon, by the benchmark itself and by everything else, between
     :meth:`start` and :meth:`stop`, in % of one core. "Others" above a few % means the
-    machine was shared while measuring (tests, other daemons) and the numbers suffer."""
+    machine was shared while measuring (tests, other daemons) and the numbers suffer.
+    With the daemon's ``control_socket``, also its CPU per leg and per answered turn."""
 
-    def __init__(self, daemon_pid: int | None = None) -> None:
+    def __init__(
+        self, daemon_pid: int | None = None, control_socket: str | Path | None = None
+    ) -> None:
         self.daemon_pid = daemon_pid
+        self.control_socket = control_socket
         self._t0 = 0.0
         self._start: tuple[int | None, int | None, int | None] = (None, None, None)
+        self._legs: dict[str, Any] | None = None
 
     def _sample(self) -> tuple[int | None, int | None, int | None]:
         daemon = 0 if self.daemon_pid is None else _proc_jiffies(self.daemon_pid)
         return _busy_jiffies(), daemon, _proc_jiffies(os.getpid())
 
     def start(self) -> None:
+        if self.control_socket is not None:
+            self._legs = daemon_cpu(self.control_socket)
         self._t0 = time.monotonic()
         self._start = self._sample()
 
-    def stop(self) -> dict[str, float | None]:
+    def stop(self) -> dict[str, Any]:
         wall = time.monotonic() - self._t0
         end = self._sample()
+        legs = None
+        if self.control_socket is not None:
+            legs = cpu_legs(self._legs, daemon_cpu(self.control_socket))
         hz = os.sysconf("SC_CLK_TCK")
         deltas = [
             None if a is None or b is None else (b - a) / hz
@@ -164,15 +230,18 @@ class CpuMeter:
         def pct(x: float | None) -> float | None:
             return None if x is None or wall <= 0 else round(100 * x / wall, 1)
 
-        return {
+        out: dict[str, Any] = {
             "wall_seconds": round(wall, 1),
             "daemon_pct": pct(daemon),
             "bench_pct": pct(bench),
             "others_pct": pct(others),
         }
+        if self.control_socket is not None:
+            out["legs"] = legs
+        return out
 
 
-def cpu_line(cpu: dict[str, float | None]) -> str:
+def cpu_line(cpu: Mapping[str, Any]) -> str:
     """One sentence for a report; a warning when other processes used the CPU too."""
     text = (
         f"CPU during this mode ({cpu['wall_seconds']} s), % of one core: daemon "

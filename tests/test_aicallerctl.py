@@ -30,7 +30,7 @@ from fakes.control_handler import (
 )
 
 from aicallerctl.__main__ import main
-from aicallerctl.commands import duration, socket_from_config
+from aicallerctl.commands import duration, format_cpu, socket_from_config
 from aicallerd.twilio.rest import TwilioRestError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +95,24 @@ def test_status_table(sock: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert v2v.split() == ["voice_to_voice", "720ms", "1100ms", "12"]
     tts = next(line for line in lines if line.startswith("tts_first_audio"))
     assert tts.split() == ["tts_first_audio", "-", "-", "0"]
+    # CPU per answered turn for each leg, next to the latency legs.
+    assert "CPU per answered turn over 12 turns (in the 2h 03m since the engines loaded):" in lines
+    cpu = lines[
+        lines.index("CPU per answered turn over 12 turns (in the 2h 03m since the engines loaded):")
+        + 1 :
+    ]
+    assert cpu[0].split() == ["LEG", "CPU/TURN", "CPU"]
+    assert cpu[2].split() == ["stt", "0.250s", "3.000s"]
+    assert cpu[3].split() == ["llm", "0.550s", "6.600s"]
+    assert cpu[5].split() == ["framing", "0.150s", "1.800s"]
+    assert cpu[7].split() == ["total", "1.330s", "15.960s"]
+
+
+def test_status_cpu_before_any_turn_shows_totals_only() -> None:
+    lines = format_cpu({"since_s": 5.0, "turns": 0, "seconds": {"stt": 0.5, "llm": 0.0}})
+    assert lines[1] == "CPU per answered turn over 0 turns (in the 5s since the engines loaded):"
+    assert lines[3].split() == ["stt", "-", "0.500s"]
+    assert format_cpu(None) == []  # an older daemon without the cpu field
 
 
 def test_status_json_is_the_raw_result(sock: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from aicallerd.call.metrics import LatencyWindow, TurnLegs, percentile
+from aicallerd.cputime import CpuLedger
 
 
 @pytest.mark.parametrize(
@@ -46,3 +47,12 @@ def test_status_window_reports_milliseconds_over_its_last_turns() -> None:
     assert len(window) == 20
     assert stats["voice_to_voice"] == {"p50_ms": 1000, "p95_ms": 1900, "n": 20}
     assert stats["stt_tail"] == {"p50_ms": None, "p95_ms": None, "n": 0}
+
+
+def test_every_answered_turn_counts_for_cpu_per_turn_even_past_the_window() -> None:
+    ledger = CpuLedger()
+    window = LatencyWindow(size=2, ledger=ledger)
+    for _ in range(5):
+        window.add(TurnLegs(voice_to_voice=0.8))
+    assert len(window) == 2
+    assert ledger.report()["turns"] == 5

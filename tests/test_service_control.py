@@ -98,6 +98,14 @@ def test_status_json_shows_engines_and_the_live_call(daemon, finished_call):
     assert "active calls: none (0 of 4)" in table.stdout
     assert "voice_to_voice" in table.stdout
 
+    # CPU per answered turn for each leg, measured in the daemon's engine threads.
+    after = json.loads(ctl(daemon, "status", "--json").stdout)["cpu"]
+    assert after["turns"] >= 1
+    for leg in ("stt", "llm", "tts", "framing"):
+        assert after["seconds"][leg] > 0, after
+    assert "CPU per answered turn over" in table.stdout
+    assert any(line.split()[:1] == ["framing"] for line in table.stdout.splitlines())
+
 
 def test_calls_and_transcript_after_the_call(daemon, finished_call):
     result, _ = finished_call

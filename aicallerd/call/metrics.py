@@ -6,6 +6,8 @@ import collections
 import math
 from dataclasses import asdict, dataclass
 
+from aicallerd.cputime import LEDGER, CpuLedger
+
 LEG_NAMES = (
     "endpoint_wait",
     "stt_tail",
@@ -63,13 +65,17 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class LatencyWindow:
-    """The last ``size`` turns' legs, shared by all calls, for p50/p95 in status."""
+    """The last ``size`` turns' legs, shared by all calls, for p50/p95 in status. Every turn
+    added is also counted in ``ledger``, the denominator of CPU seconds per answered turn."""
 
-    def __init__(self, size: int = 200) -> None:
+    def __init__(self, size: int = 200, ledger: CpuLedger | None = LEDGER) -> None:
         self._turns: collections.deque[TurnLegs] = collections.deque(maxlen=size)
+        self._ledger = ledger
 
     def add(self, legs: TurnLegs) -> None:
         self._turns.append(legs)
+        if self._ledger is not None:
+            self._ledger.count_turn()
 
     def __len__(self) -> int:
         return len(self._turns)

@@ -25,6 +25,7 @@ from aicallerd.control.protocol import (
     StatusResult,
     TranscriptResult,
 )
+from aicallerd.cputime import LEDGER
 from aicallerd.ports import Calls, Supervisor
 
 
@@ -57,6 +58,7 @@ class DaemonControl:
             "max_calls": c.max_calls,
             "totals": c.totals(),  # type: ignore[typeddict-item]
             "latency": c.latency(),  # type: ignore[typeddict-item]
+            "cpu": LEDGER.report(),
         }
 
     async def call(self, target: str, prompt: str | None) -> CallPlaced:

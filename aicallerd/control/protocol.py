@@ -133,6 +133,15 @@ class LegStats(TypedDict):
     n: int
 
 
+class CpuReport(TypedDict):
+    """CPU since the engines were loaded (`aicallerd.cputime`): seconds per leg and the agent
+    turns answered meanwhile; seconds / turns is the CPU cost of a turn."""
+
+    since_s: float  # wall seconds covered
+    turns: int  # agent turns answered
+    seconds: dict[str, float]  # leg (vad, stt, llm, tts, framing, other) -> CPU seconds
+
+
 class StatusResult(TypedDict):
     version: str
     pid: int
@@ -145,6 +154,7 @@ class StatusResult(TypedDict):
     max_calls: int
     totals: dict[str, int]  # e.g. offered, answered, refused_busy, refused_token, placed
     latency: dict[str, LegStats]  # leg name (call.metrics.LEG_NAMES) -> stats
+    cpu: CpuReport
 
 
 class CallRecord(TypedDict):

@@ -8,6 +8,15 @@ start-up is a warning, and calls use the local engine until it does.
 
 from __future__ import annotations
 
+import os
+
+# CTranslate2 (Whisper) and llama.cpp's ggml each bring a libgomp, whose idle team threads
+# spin by default: on a small, busy box they take the cores from the engine doing the work.
+# Measured on 2 cores shared with other work (load ~5): Whisper 2.5-4x the CPU per utterance
+# and llama.cpp 3-10x, each as much slower, against sleeping at once. libgomp reads this when
+# it loads, at the first model load, after this module is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +27,7 @@ import trio
 
 from aicallerd.call.lines import FALLBACK_LINE, TIME_LIMIT_LINE
 from aicallerd.config import Config
+from aicallerd.cputime import LEDGER, run_named
 from aicallerd.engines.elevenlabs_ws import ElevenLabsWebSocketTTS
 from aicallerd.engines.fallback import FallbackChat, FallbackSynthesizer, FallbackTranscriber
 from aicallerd.engines.llama_server import EmbeddedLlamaServer
@@ -26,7 +36,7 @@ from aicallerd.engines.openai_stt import OpenAITranscriber
 from aicallerd.engines.openai_tts import OpenAISpeechTTS
 from aicallerd.engines.stt import SpeechToText, STTError, Transcriber
 from aicallerd.engines.tts import ElevenLabsTTS, PiperTTS, Synthesizer
-from aicallerd.vad import RmsVad, SileroVad
+from aicallerd.vad import RmsVad, SileroVad, load_session
 
 log = logging.getLogger("aicallerd.engines")
 
@@ -72,9 +82,10 @@ class Engines:
         await self.http.aclose()
 
 
-def _vad_factory(cfg: Config) -> tuple[Callable[[], object], str]:
+async def _vad_factory(cfg: Config) -> tuple[Callable[[], object], str]:
     if cfg.turn.vad == "silero":
-        SileroVad().probability  # load once now so a broken model fails at start  # noqa: B018
+        # Load once now, so a broken model fails at start, in a thread named for its leg.
+        await trio.to_thread.run_sync(run_named, "vad", load_session, None)
         return SileroVad, "silero-v6"
     threshold = cfg.turn.min_speech_rms_threshold
     return (lambda: RmsVad(threshold)), f"rms>={threshold:g}"
@@ -159,7 +170,7 @@ async def load_engines(cfg: Config) -> Engines:
             # its slot's cache, and simultaneous turns decode together instead of queueing.
             slots = max(1, min(cfg.server.max_concurrent_calls, MAX_LLM_SLOTS))
             llama = EmbeddedLlamaServer(model_path=cfg.llm.embedded_model, parallel=slots)
-            await trio.to_thread.run_sync(llama.start)
+            await trio.to_thread.run_sync(run_named, "llm", llama.start)
             local_llm = OpenAIChat(llama.base_url, llama.model_name, http, api_key=llama.api_key)
         if cfg.llm.backend == "embedded":
             assert local_llm is not None
@@ -172,11 +183,11 @@ async def load_engines(cfg: Config) -> Engines:
             llm = _cloud_llm(cfg, http)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, _load_and_warm, whisper)
+            nursery.start_soon(trio.to_thread.run_sync, run_named, "stt", _load_and_warm, whisper)
             nursery.start_soon(_warm_tts, tts)
             if isinstance(transcriber, FallbackTranscriber):
                 nursery.start_soon(_check_cloud_stt, transcriber)
-        vad_factory, vad_name = _vad_factory(cfg)
+        vad_factory, vad_name = await _vad_factory(cfg)
         await _warm_llm(llm, cfg.llm.system_prompt)
         engines = Engines(transcriber, llm, tts, vad_factory, vad_name, http, llama)
         engines.canned = await render_lines(tts, _lines(cfg))
@@ -186,6 +197,9 @@ async def load_engines(cfg: Config) -> Engines:
             llama.close()
         raise
     engines.load_seconds = time.monotonic() - t0
+    threads = LEDGER.threads_by_leg()
+    log.info("engine threads: %s", ", ".join(f"{leg} {n}" for leg, n in threads.items()))
+    LEDGER.mark_baseline()  # CPU per turn counts turns, not loading and warming
     return engines
 
 
@@ -243,6 +257,8 @@ async def warm_llm(llm: ChatClient, system_prompt: str) -> None:
 
 
 def _load_and_warm(transcriber: Transcriber) -> None:
+    """Load and run once: CTranslate2 starts its OpenMP team at the first inference, and
+    run in a thread named for the leg, that team is counted as STT too."""
     transcriber.load()
     transcriber.warm()
 

@@ -229,9 +229,17 @@ class Transcriber:
         return clean_transcript(text, rms(pcm8))
 
     async def transcribe(self, pcm8: np.ndarray) -> str:
-        """Transcribe in a worker thread; a cancelled caller does not wait for Whisper."""
+        """Transcribe in a worker thread; a cancelled caller does not wait for Whisper. The
+        worker's CPU is counted as the STT leg (`aicallerd.cputime`)."""
+        from aicallerd.cputime import call_charged  # here: the rest of this file is not ours
+
         return await trio.to_thread.run_sync(
-            self.transcribe_sync, pcm8, limiter=self._limiter, abandon_on_cancel=True
+            call_charged,
+            "stt",
+            self.transcribe_sync,
+            pcm8,
+            limiter=self._limiter,
+            abandon_on_cancel=True,
         )
 
     def describe(self) -> str:

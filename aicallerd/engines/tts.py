@@ -25,6 +25,7 @@ import trio
 
 from aicallerd.audio.mulaw import ulaw_encode
 from aicallerd.audio.resample import float_to_pcm16, resample
+from aicallerd.cputime import call_charged, run_named
 from aicallerd.engines import bundled
 from aicallerd.engines.transcode import decode_to_ulaw
 
@@ -149,7 +150,12 @@ class PiperTTS:
         try:
             while True:
                 data = await trio.to_thread.run_sync(
-                    self._next_ulaw, chunks, limiter=self._limiter, abandon_on_cancel=True
+                    call_charged,
+                    "tts",
+                    self._next_ulaw,
+                    chunks,
+                    limiter=self._limiter,
+                    abandon_on_cancel=True,
                 )
                 if data is None:
                     return
@@ -165,8 +171,9 @@ class PiperTTS:
         self.synthesize_pcm_sync("Hello.")
 
     async def warm(self) -> None:
-        """Load and run one short synthesis in the worker thread."""
-        await trio.to_thread.run_sync(self.warm_sync, limiter=self._limiter)
+        """Load and run one short synthesis in a thread named for the TTS leg, so the
+        onnxruntime pool the load creates is counted as TTS CPU (`aicallerd.cputime`)."""
+        await trio.to_thread.run_sync(run_named, "tts", self.warm_sync, limiter=self._limiter)
 
     def describe(self) -> str:
         """E.g. "piper en_US-joe-medium x1.0"."""
@@ -289,7 +296,7 @@ class ElevenLabsTTS:
             if not self.streaming:
                 mp3 = await response.aread()
                 try:
-                    audio = await trio.to_thread.run_sync(decode_to_ulaw, mp3)
+                    audio = await trio.to_thread.run_sync(call_charged, "tts", decode_to_ulaw, mp3)
                 except ValueError as exc:
                     raise TTSError(f"elevenlabs: bad MP3 from {self.base_url}: {exc}") from exc
                 if audio:

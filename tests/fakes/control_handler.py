@@ -63,6 +63,18 @@ STATUS: dict[str, Any] = {
         "voice_to_voice": {"p50_ms": 720, "p95_ms": 1100, "n": 12},
         "tts_first_audio": {"p50_ms": None, "p95_ms": None, "n": 0},
     },
+    "cpu": {
+        "since_s": 7380.0,
+        "turns": 12,
+        "seconds": {
+            "vad": 0.24,
+            "stt": 3.0,
+            "llm": 6.6,
+            "tts": 4.2,
+            "framing": 1.8,
+            "other": 0.12,
+        },
+    },
 }
 
 CALLS: list[dict[str, Any]] = [
