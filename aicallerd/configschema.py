@@ -245,7 +245,7 @@ class TurnConfig(Section):
         comment="RMS level (int16 scale) a frame needs to count as speech, with either vad.",
     )
     chunk_silence_seconds: float = key(
-        0.3,
+        0.2,
         number(float, 0, above=True),
         env="CHUNK_SILENCE_DURATION_SECONDS",
         comment="A pause this long ends a chunk, which is transcribed while the caller goes on.",
@@ -266,7 +266,7 @@ class TurnConfig(Section):
         '"fixed": done_speaking_silence_seconds always.',
     )
     complete_silence_seconds: float = key(
-        0.4,
+        0.5,
         number(float, 0, above=True),
         comment="End of turn after a complete question or sentence "
         "(must exceed chunk_silence_seconds).",

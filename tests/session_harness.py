@@ -447,6 +447,7 @@ def settings(**overrides: object) -> CallSettings:
         goodbye="Goodbye for now.",
         time_limit_line="That is all the time we have.",
         history_turns=4,
+        complete_silence_seconds=0.4,
         max_silence_seconds=60.0,
         max_call_seconds=600.0,
         barge_in=True,

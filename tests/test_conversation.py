@@ -8,6 +8,7 @@ so each turn-taking decision is checked to the frame. Monotonic time equals audi
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
@@ -270,7 +271,8 @@ def test_a_plain_yes_is_answered_when_nothing_was_cut() -> None:
 
 
 def test_model_sees_the_call_prompt_and_only_the_last_history_turns() -> None:
-    """Per-call instructions reach the model; old exchanges beyond history_turns are left out."""
+    """Per-call instructions reach the model; old exchanges beyond history_turns are left out
+    (a whole block of them at once: see the next test)."""
     call = Call(history_turns=1)
     call.conv.add_prompt("The caller is Ann.")
     for n, said in enumerate(["one", "two", "three"], start=1):
@@ -281,10 +283,32 @@ def test_model_sees_the_call_prompt_and_only_the_last_history_turns() -> None:
         call.silence(1.0)
     assert start.messages == (
         {"role": "system", "content": "You are a test agent.\nThe caller is Ann."},
-        {"role": "user", "content": "two"},
+        user("two"),
         {"role": "assistant", "content": "reply 2"},
         user("three"),
     )
+
+
+def test_each_prompt_extends_the_last_so_the_llm_cache_holds() -> None:
+    """The LLM server reuses its cache up to the first changed token: each turn's prompt is
+    the previous prompt plus the reply and the new words, except once every history_turns
+    turns, when the oldest block is dropped; the model always sees at least history_turns."""
+    call = Call(history_turns=2)
+    prompts = []
+    for n in range(1, 8):
+        call.speak(0.4)
+        job = job_of(call.silence(0.6))
+        start, _commit = call.transcribed(job, f"words {n}")
+        prompts.append(start.messages)
+        call.reply_done(n, outcome(f"reply {n}", f"reply {n}"))
+        call.silence(1.0)
+    extends = [
+        new[: len(old) + 1] == (*old, {"role": "assistant", "content": f"reply {n}"})
+        for n, (old, new) in enumerate(itertools.pairwise(prompts), start=1)
+    ]
+    assert extends == [True, True, True, False, True, False]
+    assert [(len(p) - 2) // 2 for p in prompts] == [0, 1, 2, 3, 2, 3, 2]
+    assert all(m["content"].endswith(TURN_GUARDRAIL) for p in prompts for m in p[1::2])
 
 
 # -- 3. barge-in -------------------------------------------------------------------------------
@@ -376,7 +400,7 @@ def test_next_turn_sees_what_was_heard_in_its_messages() -> None:
     job = job_of(call.silence(0.6))
     start, _commit = call.transcribed(job, "what time is it")
     assert start.messages[1:] == (
-        {"role": "user", "content": "hello there"},
+        user("hello there"),
         {"role": "assistant", "content": "Hi."},
         user("what time is it"),
     )

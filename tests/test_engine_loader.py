@@ -60,7 +60,9 @@ def test_unreachable_cloud_engines_start_on_the_local_ones(
 
     with caplog.at_level(logging.WARNING, logger="aicallerd.engines"):
         status, text, sorry = trio.run(main)
-    assert all(s.startswith("degraded: ") for s in status.values()), status
+    # Each failure skips the engine for a few seconds, so on a slow machine start-up may try
+    # it often enough to open the breaker: either way it is shown as failing, not "ok".
+    assert all(s.startswith(("degraded: ", "open until ")) for s in status.values()), status
     assert text.strip()  # the embedded model answered the turn
     assert len(sorry) > 8000  # the apology was rendered by Piper
     warned = " ".join(r.getMessage() for r in caplog.records)

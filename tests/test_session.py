@@ -225,7 +225,7 @@ def test_barge_in_cuts_reply_and_keeps_only_what_was_heard() -> None:
     last = h.llm.requests[-1]
     assert last.caller_text == "w4 w5"
     assert last.messages[1:] == [
-        {"role": "user", "content": "w1 w2 w3"},
+        {"role": "user", "content": f"w1 w2 w3\n{TURN_GUARDRAIL}"},
         {"role": "assistant", "content": S1},
         {"role": "user", "content": f"w4 w5\n{TURN_GUARDRAIL}"},
     ]

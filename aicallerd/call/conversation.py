@@ -532,10 +532,20 @@ class Conversation:
         return [SayLine(tag, text)]
 
     def _messages(self, caller_text: str) -> tuple[dict[str, str], ...]:
+        """The prompt for this turn, built so it extends the last turn's prompt.
+
+        An LLM server reuses its cache only up to the first token that differs, so every
+        user message carries the per-turn reminder (not just the newest one), and old
+        exchanges are dropped ``history_turns`` at a time (the model sees between
+        ``history_turns`` and twice that): the prefix stays the same for several turns and
+        the first token costs the new words only, not the whole history again.
+        """
+        past = self.history[1:]
         turns = self.settings.history_turns
-        window = self.history[1:][-2 * turns :] if turns else []
-        user = {"role": "user", "content": f"{caller_text}\n{TURN_GUARDRAIL}"}
-        return (dict(self.history[0]), *(dict(m) for m in window), user)
+        exchanges = len(past) // 2
+        keep = exchanges - max(0, exchanges - turns) // turns * turns if turns else 0
+        window = [*past[len(past) - 2 * keep :], {"role": "user", "content": caller_text}]
+        return (dict(self.history[0]), *(_with_reminder(m) for m in window))
 
     # -- interruptions --------------------------------------------------------------------------
 
@@ -607,3 +617,10 @@ class Conversation:
 
     def _busy(self) -> bool:
         return self._turn is not None or self._speaking or self.endpointer.in_phrase
+
+
+def _with_reminder(message: dict[str, str]) -> dict[str, str]:
+    """A copy of ``message``; a user message gets the per-turn reminder appended."""
+    if message["role"] != "user":
+        return dict(message)
+    return {"role": "user", "content": f"{message['content']}\n{TURN_GUARDRAIL}"}

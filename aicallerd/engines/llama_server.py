@@ -113,6 +113,10 @@ class EmbeddedLlamaServer:
             params.ui = False
             params.endpoint_slots = False
             params.warmup = True
+            # When a call's oldest exchanges are dropped from its prompt, the rest is still
+            # in the slot's cache, only shifted: reuse it (chunks of 32+ tokens) instead of
+            # evaluating the whole history again before the first token.
+            params.n_cache_reuse = 32
             # Server-side default for requests that do not set one: SmolLM2-135M otherwise
             # drifts into copying itself within a few turns.
             params.sampling.penalty_repeat = self.repeat_penalty
