@@ -257,3 +257,28 @@ def test_close_comes_after_everything_queued() -> None:
     assert sock.kinds()[-1] == "OutMark"
     assert len(sock.audio()) == 4000
     assert sock.closed_at is not None and sock.closed_at >= sock.sent[-1].t
+
+
+def test_each_chunk_learns_when_its_first_byte_left() -> None:
+    """Voice-to-voice latency is read from ``on_sent``: a chunk riding in the middle of a
+    message, or starting after a partly sent one, reports that message's send time."""
+    sent_at: dict[str, float] = {}
+
+    def note(name: str) -> Callable[[float], None]:
+        return lambda t: sent_at.setdefault(name, t)
+
+    async def script(player: Player) -> None:
+        player.enqueue_audio(audio(0.1), note("a"))  # with b's start in the first message
+        player.enqueue_audio(audio(0.5), note("b"))
+        player.enqueue_audio(audio(0.1), note("c"))  # after b's tail, 0.6 s later
+
+    sock = play(script)
+    assert sent_at["a"] == sent_at["b"] == 0.0
+    # c's first byte is byte 4800 of the stream: the message that carried it is its time.
+    end = 0
+    for s in sock.media():
+        end += len(s.event.payload)  # type: ignore[union-attr]
+        if end > 4800:
+            break
+    assert end - len(s.event.payload) < 4800 < end  # type: ignore[union-attr]  # mid-message
+    assert sent_at["c"] == s.t == pytest.approx(0.5)
