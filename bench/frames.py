@@ -1,4 +1,7 @@
-"""Per-frame timing on the stand-in's side: when each agent frame arrived and when it played.
+"""Per-frame timing on the stand-in's side: when each agent message arrived and when it played.
+
+The daemon sends a reply's audio in ``media`` messages of any length (several 20 ms frames
+each once it is queued ahead); a push here is one such message.
 
 ``aicallerctl.testcall`` keeps only per-turn aggregates (first frame, gap frames, underruns).
 :class:`RecordingBuffer` is the stand-in's playout buffer that also timestamps every
@@ -19,18 +22,21 @@ from aicallerctl.playout import PlayoutBuffer, Tick
 
 FRAME_MS = 20.0
 BYTES_PER_MS = 8.0
-STEADY_AFTER = 5  # arrivals at the start of a run of audio are the sender's lead burst
+FRAME_BYTES = 160
+STEADY_AFTER_MS = 100.0  # arrivals in a run's first 100 ms of audio: the sender's lead burst
 
 
 @dataclass
 class Pushed:
-    """One agent frame at the stand-in: when it arrived and when playout reached it."""
+    """One agent media message at the stand-in: when it arrived and when playout reached
+    its first byte."""
 
     arrived: float
     offset: int  # byte offset in the audio since the last clear
     queued: int  # bytes already queued ahead of it when it arrived
     due: float | None = None  # None: not played (yet), or cleared before it played
     first_after_idle: bool = False  # the buffer was empty when it arrived
+    size: int = 0  # bytes of audio it carried
 
 
 @dataclass
@@ -65,7 +71,13 @@ class RecordingBuffer(PlayoutBuffer):
 
     def push_audio(self, payload: bytes) -> None:
         if payload:
-            p = Pushed(self.clock(), self._pushed, self.queued_bytes, first_after_idle=self.empty)
+            p = Pushed(
+                self.clock(),
+                self._pushed,
+                self.queued_bytes,
+                first_after_idle=self.empty,
+                size=len(payload),
+            )
             self.pushes.append(p)
             self._waiting.append(p)
             self._pushed += len(payload)
@@ -90,16 +102,18 @@ class RecordingBuffer(PlayoutBuffer):
 
 @dataclass
 class FrameTiming:
-    """How early agent frames reached the simulated Twilio buffer during one reply.
+    """How early agent audio reached the simulated Twilio buffer during one reply.
 
-    ``lead_*``: milliseconds of audio already queued ahead of a frame when it arrived (how
-    long before it was due), steady state only; ``jitter_ms``: their standard deviation;
+    ``frames``: 20 ms frames of audio received, in ``messages`` media messages; ``lead_*``:
+    milliseconds of audio already queued ahead of a message when it arrived (how long
+    before its first byte was due), steady state only; ``jitter_ms``: their standard deviation;
     ``starved_ms``: playout ticks between the reply's first and last played frame that found
     the buffer empty (the next audio was late), unlike the stand-in's ``gap_frames``, which
     also counts digital silence the daemon sent on purpose (e.g. Piper's sentence pauses).
     """
 
     frames: int = 0
+    messages: int = 0
     starved_ms: float | None = None
     lead_min_ms: float | None = None
     lead_p50_ms: float | None = None
@@ -109,6 +123,7 @@ class FrameTiming:
     def to_json(self) -> dict[str, float | int | None]:
         return {
             "frames": self.frames,
+            "messages": self.messages,
             "starved_ms": self.starved_ms,
             "lead_min_ms": _r(self.lead_min_ms),
             "lead_p50_ms": _r(self.lead_p50_ms),
@@ -124,19 +139,22 @@ def reply_timing(log: RecordingBuffer, start: float, end: float) -> FrameTiming:
     """Frame timing for arrivals in ``[start, end)`` (one reply's window on the stand-in clock).
 
     The lead of an arrival is the audio queued before it plus what is left of the frame
-    playing now (``20 ms - time since the last tick`` when that tick was audible). The first
-    ``STEADY_AFTER`` arrivals after the buffer was empty are the sender's deliberate lead
-    burst and are left out; a run that never reaches steady state contributes nothing.
+    playing now (``20 ms - time since the last tick`` when that tick was audible). Arrivals
+    that start within ``STEADY_AFTER_MS`` of audio after the buffer was empty are the
+    sender's deliberate lead burst and are left out; a run that never reaches steady state
+    contributes nothing.
     """
     arrivals = [p.arrived for p in log.pushes]
     lo, hi = bisect.bisect_left(arrivals, start), bisect.bisect_left(arrivals, end)
     tick_times = [p.t for p in log.ticks]
-    timing = FrameTiming(frames=hi - lo)
-    run = 0
-    for push in log.pushes[lo:hi]:
+    window = log.pushes[lo:hi]
+    timing = FrameTiming(frames=-(-sum(p.size for p in window) // FRAME_BYTES), messages=hi - lo)
+    run_start = window[0].offset if window else 0
+    for push in window:
         t, queued = push.arrived, push.queued
-        run = 0 if queued == 0 else run + 1
-        if run < STEADY_AFTER:
+        if queued == 0:
+            run_start = push.offset
+        if push.offset - run_start < STEADY_AFTER_MS * BYTES_PER_MS:
             continue
         i = bisect.bisect_right(tick_times, t) - 1
         playing = 0.0

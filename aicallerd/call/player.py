@@ -3,9 +3,28 @@
 Twilio plays whatever we send in real time from its own buffer. If we push a whole reply at
 once, a barge-in ``clear`` throws away seconds of audio we can no longer account for; if we
 sleep 20 ms after each send, scheduling jitter drains Twilio's buffer and the caller hears
-gaps. So the sender paces frames against absolute deadlines (the time Twilio's buffer will
+gaps. So the sender paces audio against absolute deadlines (the time Twilio's buffer will
 run dry) and keeps only a small lead queued there. Marks ride in the same queue, right after
 the audio they follow, so an echoed mark tells exactly what the caller has heard.
+
+Each ``media`` message costs the event loop JSON, base64, a WebSocket frame and a socket
+write whatever its length, so the sender does not send one per 20 ms frame. Twilio's buffer
+has a low-water mark (``lead``) and a high-water mark (``lead + batch``): once it has
+fallen to the low-water mark, one message tops it up to the high-water mark with whole
+frames of what is queued. A speaking call then sends 1/``batch`` messages a second (10 at
+the default 100 ms instead of 50), and Twilio never holds more than ``lead + batch`` of
+our audio (180 ms at the defaults; 100 ms with a message per frame), which bounds what a
+barge-in ``clear`` drops and how far a mark echo trails its send. Nothing ever waits to
+fill a message: whatever is queued goes out as soon as the buffer is at or below the
+low-water mark, so a reply's first audio leaves at once and a slow engine's chunks leave
+as they come. A message never runs past a mark.
+
+``batch`` = 100 ms by measurement (``python -m bench.player_send``: the sending loop's CPU
+per second of audio over a loopback trio-websocket is about 6.1 ms at 20 ms messages,
+1.1-1.5 ms at 100 ms, 0.65 ms at 200 ms). 100 ms takes our messages from half of a speaking
+call's WebSocket traffic (50 of 100 a second, beside Twilio's 50 inbound frames, which we
+cannot batch) to a sixth (10 of 60); 200 ms would save only another ~0.5 ms a second per
+call while adding another 100 ms to what Twilio holds.
 """
 
 from __future__ import annotations
@@ -22,6 +41,8 @@ from aicallerd.twilio import media
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 FRAME_SECONDS = 0.02
+BYTES_PER_SECOND = 8000
+_EPS = 1e-6  # seconds: float noise in the clock arithmetic must not cost a whole frame
 
 log = logging.getLogger("aicallerd.call")
 
@@ -41,16 +62,25 @@ class _Mark:
 class PlaybackClock:
     """Sans-I/O model of Twilio's playout buffer as seen from our side.
 
-    ``buffer_end`` is when the audio already sent will have finished playing. A frame may be
-    sent once ``buffer_end - now <= lead``; the buffer never runs ahead of real time.
+    ``buffer_end`` is when the audio already sent will have finished playing. Audio may be
+    sent once ``buffer_end - now <= lead`` (the low-water mark), as much as brings the
+    buffer up to ``lead + batch`` (the high-water mark); the buffer never runs ahead of
+    real time.
     """
 
     lead: float = 0.08
+    batch: float = 0.1
     buffer_end: float = 0.0
 
     def send_at(self, now: float) -> float:
-        """Earliest time the next frame may be sent."""
+        """Earliest time the next audio may be sent."""
         return max(now, self.buffer_end - self.lead)
+
+    def room(self, now: float) -> int:
+        """Bytes the next message may carry: whole frames up to the high-water mark, and
+        always at least one frame (the caller of this checked :meth:`send_at`)."""
+        room = self.lead + self.batch - self.queued(now) + _EPS
+        return max(1, int(room / FRAME_SECONDS)) * FRAME_BYTES
 
     def sent(self, now: float, seconds: float) -> None:
         self.buffer_end = max(self.buffer_end, now) + seconds
@@ -72,7 +102,7 @@ class Transport(Protocol):
 
 
 class Player:
-    """Frames, marks, ``clear`` and the close for one call, written by :meth:`run` alone.
+    """Audio, marks, ``clear`` and the close for one call, written by :meth:`run` alone.
 
     Producers only queue (all methods but :meth:`run` are synchronous): a ``clear`` is sent
     ahead of anything queued, the close after it, so nothing reaches the socket out of order
@@ -84,14 +114,17 @@ class Player:
         transport: Transport,
         *,
         lead: float = 0.08,
+        batch: float = 0.1,
         stream_sid: str = "",
         write_timeout: float = 5.0,
     ) -> None:
         self.transport = transport
         self.write_timeout = write_timeout
         self.stream_sid = stream_sid
-        self.clock = PlaybackClock(lead=lead)
+        self.clock = PlaybackClock(lead=lead, batch=batch)
         self._queue: collections.deque[_Audio | _Mark] = collections.deque()
+        self._head_sent = 0  # bytes of the first queued audio already sent
+        self._clears = 0  # bumped by each clear, so a send it overtook is not counted
         self._wakeup = trio.Event()
         self._clear_due = False
         self._close: tuple[int, str] | None = None
@@ -102,15 +135,14 @@ class Player:
 
     # -- producer side ------------------------------------------------------------------
     def enqueue_audio(self, ulaw: bytes, on_sent: Callable[[float], None] | None = None) -> None:
-        """Queue mu-law audio of any length; it is sent in 20 ms frames.
+        """Queue mu-law audio of any length; it is sent paced, in messages of whole frames.
 
         ``on_sent(t)`` is called with the send time of this audio's first frame, which is
         how a turn learns its voice-to-voice latency.
         """
-        if self._close is not None:
+        if self._close is not None or not ulaw:
             return
-        for i in range(0, len(ulaw), FRAME_BYTES):
-            self._queue.append(_Audio(ulaw[i : i + FRAME_BYTES], on_sent if i == 0 else None))
+        self._queue.append(_Audio(ulaw, on_sent))
         self._wakeup.set()
 
     def enqueue_mark(self, name: str) -> None:
@@ -128,6 +160,8 @@ class Player:
         dropped = list(self._pending_marks)
         dropped += [item.name for item in self._queue if isinstance(item, _Mark)]
         self._queue.clear()
+        self._head_sent = 0
+        self._clears += 1
         self._cleared_marks.update(self._pending_marks)
         self._pending_marks.clear()
         self.clock.reset(trio.current_time())
@@ -183,7 +217,7 @@ class Player:
 
     # -- the sender task ----------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The only writer of the socket: clear first, then frames against absolute
+        """The only writer of the socket: clear first, then audio against absolute
         deadlines and marks in order; returns once the stream is closed."""
         task_status.started()
         while True:
@@ -210,11 +244,36 @@ class Player:
                 with trio.move_on_at(due):
                     await self._wakeup.wait()  # a clear or close may not wait for pacing
                 continue
-            self._queue.popleft()
-            await self._send(media.media_message(self.stream_sid, item.payload))
-            self.clock.sent(now, len(item.payload) / 8000)
-            if item.on_sent is not None:
-                item.on_sent(now)
+            payload, callbacks = self._take(self.clock.room(now))
+            clears = self._clears
+            await self._send(media.media_message(self.stream_sid, payload))
+            if clears == self._clears:  # else the clear that follows empties Twilio's buffer
+                self.clock.sent(now, len(payload) / BYTES_PER_SECOND)
+            for on_sent in callbacks:
+                on_sent(now)
+
+    def _take(self, limit: int) -> tuple[bytes, list[Callable[[float], None]]]:
+        """Pop up to ``limit`` bytes of the audio at the head of the queue (never past a
+        mark), with the ``on_sent`` callbacks of the chunks whose first byte is in them."""
+        parts: list[bytes] = []
+        callbacks: list[Callable[[float], None]] = []
+        size = 0
+        while size < limit and self._queue:
+            item = self._queue[0]
+            if not isinstance(item, _Audio):
+                break
+            start = self._head_sent
+            if start == 0 and item.on_sent is not None:
+                callbacks.append(item.on_sent)
+            part = item.payload[start : start + limit - size]
+            parts.append(part)
+            size += len(part)
+            if start + len(part) == len(item.payload):
+                self._queue.popleft()
+                self._head_sent = 0
+            else:
+                self._head_sent = start + len(part)
+        return b"".join(parts), callbacks
 
     async def _send(self, text: str) -> None:
         """A peer that stops reading must not pin the call: TooSlowError ends it."""
