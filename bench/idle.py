@@ -8,7 +8,15 @@ Each idle call is a real Media Stream (signed ``/voice``, TwiML token, signed up
 and drains what the daemon sends. With them held, one speaking call (the conversation
 script) runs through the stand-in; its voice-to-voice latency and dead air are compared
 with the same call placed alone. The daemon's resident memory per idle call and its CPU
-while holding them are printed too. Only loopback traffic; every level is bounded in time.
+while holding them are printed too, and its CPU-seconds per 10,000 inbound media frames: a
+figure that holds on a shared machine, where the pacer may fall behind and wall-clock
+percentages move with whatever else runs. Only loopback traffic; every level is bounded in
+time.
+
+    .venv/bin/python -m bench.idle --idle 100 --hold 30 --line silence --no-talker --remote
+
+measures the cost of frames alone: no talking call, and the engines on local stand-ins of
+hosted ones (``bench.engine_standins``) so the daemon starts in seconds.
 """
 
 from __future__ import annotations
