@@ -9,6 +9,7 @@ stays out of the way:
 - ``POST /status``: Twilio's call progress callbacks, into the call log.
 - ``POST /call/<contact>``: the HTTP call trigger (``Authorization: Bearer``).
 - ``WS <stream_path>[/<node>]``: the Media Stream (signed upgrade only); becomes a call.
+  Served in front of quart, on hypercorn's ASGI callables (`aicallerd.webstream`).
 
 Anything from the network that reaches a log line goes through `shown` (repr, truncated).
 """
@@ -23,7 +24,7 @@ import math
 from typing import Any
 
 import trio
-from quart import Response, request, websocket
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.datastructures import MultiDict
 
@@ -45,6 +46,7 @@ from aicallerd.throttle import FailureThrottle, address_key
 from aicallerd.twilio import twiml
 from aicallerd.twilio.sids import valid_call_sid
 from aicallerd.twilio.signature import validate_signature
+from aicallerd.webstream import MediaStreamApp
 
 log = logging.getLogger("aicallerd.web")
 
@@ -57,29 +59,6 @@ _HTTP_FOR = {
     E_TWILIO_REFUSED: 502,
     E_TWILIO_UNAVAILABLE: 504,
 }
-
-
-class _QuartTransport:
-    """quart's websocket behind the session's small Transport interface.
-
-    Bound to the connection's own object (not quart's context-local proxy), so another task
-    (a hang-up from aicallerctl, the shutdown drain) can close it too.
-    """
-
-    def __init__(self) -> None:
-        self._ws = websocket._get_current_object()  # type: ignore[attr-defined]
-
-    async def receive(self) -> str | bytes:
-        return await self._ws.receive()
-
-    async def send(self, data: str) -> None:
-        await self._ws.send(data)
-
-    async def close(self, code: int, reason: str = "") -> None:
-        try:
-            await self._ws.close(code, reason)
-        except Exception as exc:  # already gone
-            log.debug("websocket close: %s", exc)
 
 
 def _public_url(base: str) -> str:
@@ -111,17 +90,11 @@ def _json(obj: dict[str, Any], status: int) -> Response:
     return Response(json.dumps(obj), status=status, content_type="application/json")
 
 
-def handshake_limit(max_calls: int) -> int:
-    """Sockets that may be open without a verified ``start`` yet: a few per line, so a
-    flood of idle upgrades cannot hold the event loop's file descriptors."""
-    return max_calls * 2 + 8
-
-
-def create_app(calls: Calls) -> QuartTrio:
+def create_app(calls: Calls) -> MediaStreamApp:
+    """The ASGI app hypercorn serves: quart's routes, the Media Stream in front of them."""
     app = QuartTrio("aicallerd")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     throttle = FailureThrottle()
-    handshakes = trio.CapacityLimiter(handshake_limit(calls.config.server.max_concurrent_calls))
 
     async def signed_form() -> MultiDict | Response:
         """The webhook's form if Twilio signed it for our public URL and its CallSid is
@@ -221,44 +194,7 @@ def create_app(calls: Calls) -> QuartTrio:
         ok = calls.ready
         return _text("ok" if ok else "starting", 200 if ok else 503)
 
-    @app.websocket(calls.config.stream_route)
-    async def stream() -> Response | None:
-        cfg = calls.config
-        signature = websocket.headers.get("X-Twilio-Signature", "")
-        if not validate_signature(cfg.twilio.auth_token, cfg.stream_url, {}, signature):
-            log.warning(
-                "stream upgrade from %s refused: %s x-twilio-signature",
-                websocket.remote_addr,
-                "bad" if signature else "no",
-            )
-            return Response("invalid signature\n", status=403)
-        transport = _QuartTransport()
-        handshakes.total_tokens = handshake_limit(cfg.server.max_concurrent_calls)
-        try:
-            handshakes.acquire_on_behalf_of_nowait(transport)
-        except trio.WouldBlock:
-            log.warning(
-                "stream upgrade from %s refused: %d sockets still to send start",
-                websocket.remote_addr,
-                handshakes.borrowed_tokens,
-            )
-            return Response("too many streams starting\n", status=503)
-        held = True
-
-        def started() -> None:
-            nonlocal held
-            if held:
-                held = False
-                handshakes.release_on_behalf_of(transport)
-
-        try:
-            await websocket.accept()
-            await calls.run_stream(transport, started)
-        finally:
-            started()
-        return None
-
-    return app
+    return MediaStreamApp(app, calls)
 
 
 async def _prompt_from_body() -> str | None:

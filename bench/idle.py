@@ -8,13 +8,22 @@ Each idle call is a real Media Stream (signed ``/voice``, TwiML token, signed up
 and drains what the daemon sends. With them held, one speaking call (the conversation
 script) runs through the stand-in; its voice-to-voice latency and dead air are compared
 with the same call placed alone. The daemon's resident memory per idle call and its CPU
-while holding them are printed too. Only loopback traffic; every level is bounded in time.
+while holding them are printed too, and its CPU-seconds per 10,000 inbound media frames: a
+figure that holds on a shared machine, where the pacer may fall behind and wall-clock
+percentages move with whatever else runs. Only loopback traffic; every level is bounded in
+time.
+
+    .venv/bin/python -m bench.idle --idle 100 --hold 30 --line silence --no-talker --remote
+
+measures the cost of frames alone: no talking call, and the engines on local stand-ins of
+hosted ones (``bench.engine_standins``) so the daemon starts in seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import sys
 import time
 from typing import Any
@@ -29,6 +38,7 @@ from aicallerd.audio.mulaw import ulaw_encode
 from aicallerd.call.metrics import percentile
 from aicallerd.twilio import media
 from aicallerd.twilio.signature import compute_signature
+from bench.cloudload import engine_standins, settings_for
 from bench.daemon import Daemon, running_daemon
 from bench.latency import Said, one_call
 from bench.report import CpuMeter, machine_info, machine_line, ms, table
@@ -111,7 +121,14 @@ async def open_idle(target: Target, nursery: trio.Nursery) -> IdleCall | None:
     return holder[0]
 
 
-async def pace(calls: list[IdleCall], frames: list[bytes], stop: trio.Event) -> None:
+class Sent:
+    """Media messages the pacer has written, for the daemon's CPU cost per inbound frame."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+
+async def pace(calls: list[IdleCall], frames: list[bytes], stop: trio.Event, sent: Sent) -> None:
     """Every 20 ms, one frame to every idle call, against absolute deadlines."""
     payloads = [base64.b64encode(f).decode() for f in frames]
     t0 = trio.current_time()
@@ -130,6 +147,7 @@ async def pace(calls: list[IdleCall], frames: list[bytes], stop: trio.Event) -> 
             )
             try:
                 await call.ws.send_message(raw)
+                sent.frames += 1
             except ConnectionClosed:
                 call.closed = True
         await trio.sleep_until(t0 + n * 0.02)
@@ -158,15 +176,19 @@ def summarise(outcome: Any) -> dict[str, Any]:
     }
 
 
-async def run_level(daemon: Daemon, script: list[Said], idle: int, line: str, hold: float) -> dict:
+async def run_level(
+    daemon: Daemon, script: list[Said] | None, idle: int, line: str, hold: float
+) -> dict:
+    """Hold ``idle`` calls on ``line`` for ``hold`` s (while ``script`` talks, unless None)."""
     target = daemon.target()
     rss0 = rss_mb(daemon.proc.pid)
     stop = trio.Event()
+    sent = Sent()
     async with trio.open_nursery() as nursery:
         calls: list[IdleCall] = []
         # Twilio streams from the moment a call connects: pace each call as soon as it opens
         # (the pacer walks the growing list), or the first ones would look like dead peers.
-        nursery.start_soon(pace, calls, line_frames(line), stop)
+        nursery.start_soon(pace, calls, line_frames(line), stop, sent)
         for i in range(idle):
             call = await open_idle(target, nursery)
             if call is not None:
@@ -177,13 +199,19 @@ async def run_level(daemon: Daemon, script: list[Said], idle: int, line: str, ho
         rss1 = rss_mb(daemon.proc.pid)
         meter = CpuMeter(daemon.proc.pid)
         meter.start()
+        frames0 = sent.frames
         started = trio.current_time()
-        log(f"holding {len(calls)} idle calls ({line}); one caller talks")
-        talking = await one_call(daemon, script)
+        talking = None
+        if script is None:
+            log(f"holding {len(calls)} idle calls ({line})")
+        else:
+            log(f"holding {len(calls)} idle calls ({line}); one caller talks")
+            talking = await one_call(daemon, script)
         left = hold - (trio.current_time() - started)
         if left > 0:
             await trio.sleep(left)
         cpu = meter.stop()
+        frames = sent.frames - frames0
         still_open = sum(not c.closed for c in calls)
         stop.set()
         for c in calls:
@@ -195,63 +223,74 @@ async def run_level(daemon: Daemon, script: list[Said], idle: int, line: str, ho
         "held": still_open,
         "mb_per_idle_call": (rss1 - rss0) / max(1, len(calls)),
         "cpu": cpu,
-        "talking": summarise(talking),
+        "frames": frames,
+        "cpu_s_per_10k": per_10k(cpu, frames),
+        "talking": None if talking is None else summarise(talking),
     }
 
 
+def per_10k(cpu: dict[str, Any], frames: int) -> float | None:
+    """The daemon's CPU-seconds per 10,000 inbound media frames: robust to a shared machine,
+    where wall-clock figures are not (the pacer may fall behind; the daemon may wait)."""
+    pct, wall = cpu.get("daemon_pct"), cpu.get("wall_seconds")
+    if pct is None or not wall or not frames:
+        return None
+    return pct / 100 * wall / frames * 10_000
+
+
 async def main_async(args: argparse.Namespace) -> None:
-    lines = load_script()[: args.turns]
-    script = [Said(line) for line in lines]
-    settings = ["call.max_silence_seconds=3600", *args.set]
+    script = [Said(line) for line in load_script()[: args.turns]] if args.talker else None
     info = machine_info()
-    with running_daemon(max_calls=args.idle + 4, settings=settings) as daemon:
-        log("solo call")
-        solo = summarise(await one_call(daemon, script))
+    with contextlib.ExitStack() as stack:
+        settings = ["call.max_silence_seconds=3600"]
+        if args.remote:
+            engines = stack.enter_context(engine_standins("150,300"))
+            settings = settings_for(engines, "ollama", True, settings)
+        settings += args.set
+        daemon = stack.enter_context(running_daemon(max_calls=args.idle + 4, settings=settings))
+        solo = None
+        if script is not None:
+            log("solo call")
+            solo = summarise(await one_call(daemon, script))
         levels = [await run_level(daemon, script, args.idle, ln, args.hold) for ln in args.line]
     print(machine_line(info))
     print()
-    rows = [
-        [
-            "solo (no idle calls)",
-            "-",
-            ms(solo["p50"]),
-            ms(solo["p95"]),
-            "-",
-            solo["starved_ms"],
-            "-",
-            "-",
-        ]
-    ]
+    print(table(HEADERS, rows(solo, levels)))
+
+
+HEADERS = [
+    "calls",
+    "idle held",
+    "talker v2v p50",
+    "p95",
+    "p50 vs solo",
+    "dead air ms",
+    "MB / idle call",
+    "daemon CPU",
+    "CPU s / 10k frames",
+]
+
+
+def rows(solo: dict[str, Any] | None, levels: list[dict[str, Any]]) -> list[list[Any]]:
+    """The report's table: the solo call (if any talked), then one row per line kind."""
+    out: list[list[Any]] = []
+    if solo is not None:
+        out.append(["solo (no idle calls)", "-", ms(solo["p50"]), ms(solo["p95"]), "-"])
+        out[-1] += [solo["starved_ms"], "-", "-", "-"]
     for lv in levels:
+        row: list[Any] = [f"{lv['idle']} idle ({lv['line']})", lv["held"]]
         t = lv["talking"]
-        ratio = t["p50"] / solo["p50"] if t["p50"] and solo["p50"] else None
-        rows.append(
-            [
-                f"{lv['idle']} idle ({lv['line']})",
-                lv["held"],
-                ms(t["p50"]),
-                ms(t["p95"]),
-                "-" if ratio is None else f"{ratio:.2f}x",
-                t["starved_ms"],
-                f"{lv['mb_per_idle_call']:.2f}",
-                cpu_cell(lv["cpu"]),
-            ]
-        )
-    print(
-        table(
-            [
-                "calls",
-                "idle held",
-                "talker v2v p50",
-                "p95",
-                "p50 vs solo",
-                "dead air ms",
-                "MB / idle call",
-                "daemon CPU",
-            ],
-            rows,
-        )
-    )
+        if t is None or solo is None:
+            row += ["-"] * 4
+        else:
+            ratio = t["p50"] / solo["p50"] if t["p50"] and solo["p50"] else None
+            row += [ms(t["p50"]), ms(t["p95"]), "-" if ratio is None else f"{ratio:.2f}x"]
+            row += [t["starved_ms"]]
+        per = lv["cpu_s_per_10k"]
+        row += [f"{lv['mb_per_idle_call']:.2f}", cpu_cell(lv["cpu"])]
+        row += ["-" if per is None else f"{per:.2f} ({lv['frames']} frames)"]
+        out.append(row)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,6 +300,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--line", nargs="+", default=["silence", "hiss"], choices=["silence", "hiss"])
     ap.add_argument("--turns", type=int, default=6, help="the talking caller's utterances")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument(
+        "--talker",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="place the talking call (default); --no-talker measures the idle load alone",
+    )
+    ap.add_argument(
+        "--remote",
+        action="store_true",
+        help="engines on local stand-ins of hosted ones (bench.engine_standins): fast start",
+    )
     args = ap.parse_args(argv)
     trio.run(main_async, args)
     return 0

@@ -5,7 +5,7 @@ import wave
 import numpy as np
 import pytest
 
-from aicallerd.audio.mulaw import ULAW_SILENCE, ulaw_decode, ulaw_encode
+from aicallerd.audio.mulaw import ULAW_SILENCE, ulaw_decode, ulaw_decode_rms, ulaw_encode
 from aicallerd.audio.resample import float_to_pcm16, pcm16_to_float, resample, rms
 from aicallerd.audio.wav import read_wav, write_wav
 
@@ -159,6 +159,16 @@ def test_rms_matches_audioop_scale() -> None:
     assert abs(rms(pcm) - audioop.rms(pcm.tobytes(), 2)) < 1
     assert rms(np.zeros(0, np.int16)) == 0.0
     assert rms(np.full(10, -32768, np.int16)) == 32768.0  # no int16 overflow
+
+
+def test_a_frame_decoded_with_its_level_matches_decode_then_rms() -> None:
+    rng = np.random.default_rng(5)
+    frames = [b"", bytes(range(256)), bytes([ULAW_SILENCE]) * 160, bytes([0x00]) * 160]
+    frames += [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(50)]
+    for frame in frames:
+        pcm, level = ulaw_decode_rms(frame)
+        assert pcm.dtype == np.int16 and np.array_equal(pcm, ulaw_decode(frame))
+        assert level == rms(ulaw_decode(frame))
 
 
 # --- WAV -------------------------------------------------------------------------------

@@ -357,3 +357,31 @@ def test_hostile_frames_raise_only_media_protocol_errors() -> None:
                 message = str(exc)
                 assert "\n" not in message and len(message) < 300, (frame, message)
     assert refused > 10_000
+
+
+def test_media_frames_read_in_one_pass_agree_with_the_full_parser() -> None:
+    """Every caller frame takes the quick way through `parse_inbound`; on anything that looks
+    like a media frame it must give what the field-by-field parser gives, errors included."""
+    from aicallerd.twilio import media
+
+    agreed = 0
+    for frame in _hostile_frames():
+        if not isinstance(frame, str) or len(frame) > MAX_FRAME:
+            continue
+        try:
+            message = json.loads(frame)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(message, dict) or message.get("event") != "media":
+            continue
+        try:
+            expected: object = media._parse_media(message)
+        except MediaProtocolError as exc:
+            expected = f"media event: {exc}"
+        try:
+            got: object = parse_inbound(frame)
+        except MediaProtocolError as exc:
+            got = str(exc)
+        assert got == expected, frame[:200]
+        agreed += 1
+    assert agreed > 100

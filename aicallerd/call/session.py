@@ -26,8 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
-from aicallerd.audio.mulaw import ulaw_decode
-from aicallerd.audio.resample import rms
+from aicallerd.audio.mulaw import ulaw_decode, ulaw_decode_rms
 from aicallerd.audio.wav import write_wav
 from aicallerd.call.actions import (
     Action,
@@ -225,42 +224,53 @@ class CallSession:
             self.ended.set()
 
     async def _receive_loop(self) -> None:
+        timeout = self.settings.media_timeout
+        last = trio.current_time()
         async with self._frames_in:
             while True:
-                try:
-                    with trio.move_on_after(self.settings.media_timeout) as waiting:
-                        raw = await self.transport.receive()
-                except Exception as exc:  # the socket went away under us
-                    self.log.info("stream closed: %s", exc.__class__.__name__)
-                    return
-                if waiting.cancelled_caught:
-                    self.log.warning(
-                        "no frame from Twilio for %gs: ending the call", self.settings.media_timeout
-                    )
+                # One deadline per media_timeout rather than one per frame (arming a cancel
+                # scope costs more than the rest of a quiet frame): frames only move `last`,
+                # and a deadline that fires early is set again from it.
+                with trio.move_on_at(last + timeout):
+                    while True:
+                        try:
+                            raw = await self.transport.receive()
+                        except Exception as exc:  # the socket went away under us
+                            self.log.info("stream closed: %s", exc.__class__.__name__)
+                            return
+                        last = trio.current_time()
+                        if not self._on_frame(raw):
+                            return
+                if trio.current_time() - last >= timeout:
+                    self.log.warning("no frame from Twilio for %gs: ending the call", timeout)
                     self.core.hang_up("", "media_timeout")
                     return
-                try:
-                    event = media.parse_inbound(raw)
-                except media.MediaProtocolError as exc:
-                    self.log.warning("ignoring malformed frame: %s", exc)
-                    continue
-                if isinstance(event, media.Media):
-                    if event.track in ("inbound", "inbound_track", "") and event.payload:
-                        self._on_media(event)
-                elif isinstance(event, media.Mark):
-                    self.player.on_mark(event.name)
-                elif isinstance(event, media.Dtmf):
-                    self._act(self.core.dtmf(event.digit, trio.current_time()))
-                    self._retime.set()  # the keys' pause is a new, earlier deadline
-                elif isinstance(event, media.Stop):
-                    self.log.info("stream stopped by Twilio")
-                    return
-                else:
-                    self.log.warning("ignoring %s after start", type(event).__name__.lower())
+
+    def _on_frame(self, raw: str | bytes) -> bool:
+        """Act on one frame from Twilio; False once the stream is over."""
+        try:
+            event = media.parse_inbound(raw)
+        except media.MediaProtocolError as exc:
+            self.log.warning("ignoring malformed frame: %s", exc)
+            return True
+        if type(event) is media.Media:
+            if event.payload and event.track in ("inbound", "inbound_track", ""):
+                self._on_media(event)
+        elif isinstance(event, media.Mark):
+            self.player.on_mark(event.name)
+        elif isinstance(event, media.Dtmf):
+            self._act(self.core.dtmf(event.digit, trio.current_time()))
+            self._retime.set()  # the keys' pause is a new, earlier deadline
+        elif isinstance(event, media.Stop):
+            self.log.info("stream stopped by Twilio")
+            return False
+        else:
+            self.log.warning("ignoring %s after start", type(event).__name__.lower())
+        return True
 
     def _on_media(self, event: media.Media) -> None:
-        pcm = ulaw_decode(event.payload)
-        t, now, level = event.timestamp_ms / 1000.0, trio.current_time(), rms(pcm)
+        pcm, level = ulaw_decode_rms(event.payload)
+        t, now = event.timestamp_ms / 1000.0, trio.current_time()
         if level < self._gate and self._listener_idle:
             # Most frames of most calls (silence, line noise) need no inference: with nothing
             # queued ahead of them they go straight to the core, skipping the listener task.
