@@ -22,7 +22,7 @@ class ReplySettings:
     temperature: float
     max_sentences: int = 3
     max_words: int = CallConfig.max_reply_words
-    clause_chars: int = 40  # a first clause this long is spoken before its sentence ends
+    clause_chars: int = 20  # a first clause this long is spoken before its sentence ends
 
 
 @dataclass(frozen=True)
