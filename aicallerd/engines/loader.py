@@ -43,7 +43,6 @@ log = logging.getLogger("aicallerd.engines")
 # Ollama may load a model from disk at start-up; longer than a turn's deadline, not for ever.
 PRELOAD_SECONDS = 120.0
 MAX_LLM_SLOTS = 8
-LLM_NICE = 0  # the embedded LLM's threads yield to the voice and to Whisper (weight 1:3)
 CLOUD_WARM_SECONDS = 15.0  # a cloud LLM with the local fallback behind it
 
 
@@ -171,7 +170,7 @@ async def load_engines(cfg: Config) -> Engines:
             # its slot's cache, and simultaneous turns decode together instead of queueing.
             slots = max(1, min(cfg.server.max_concurrent_calls, MAX_LLM_SLOTS))
             llama = EmbeddedLlamaServer(model_path=cfg.llm.embedded_model, parallel=slots)
-            await trio.to_thread.run_sync(run_named, "llm", _start_yielding, llama)
+            await trio.to_thread.run_sync(run_named, "llm", llama.start)
             local_llm = OpenAIChat(llama.base_url, llama.model_name, http, api_key=llama.api_key)
         if cfg.llm.backend == "embedded":
             assert local_llm is not None
@@ -255,15 +254,6 @@ async def warm_llm(llm: ChatClient, system_prompt: str) -> None:
     ]
     async for _ in llm.stream_chat(messages, max_tokens=4, temperature=0.0):
         pass
-
-
-def _start_yielding(llama: EmbeddedLlamaServer) -> None:
-    """Start llama.cpp from a thread at a lower priority, which every thread it creates
-    inherits (Linux: nice is per thread). On a small box the LLM streams the rest of a reply
-    while the voice renders its first clause and Whisper hears the next caller: those are
-    what a caller waits on, and they get the cores first; the LLM keeps the leftovers."""
-    os.setpriority(os.PRIO_PROCESS, 0, LLM_NICE)  # 0: the calling thread only, on Linux
-    llama.start()
 
 
 def _load_and_warm(transcriber: Transcriber) -> None:
