@@ -190,8 +190,7 @@ class LlmConfig(Section):
     system_prompt: str = key(
         SYSTEM_PROMPT,
         text(nonempty=True),
-        comment="The assistant's persona and rules; each caller turn also gets a short reminder "
-        "appended.",
+        comment="The assistant's persona and rules (replies are held to them by a filter too).",
     )
 
 

@@ -38,7 +38,6 @@ from aicallerd.call.actions import (
 from aicallerd.call.conversation import RESUME_WINDOW_SECONDS, Conversation
 from aicallerd.call.lines import FALLBACK_LINE
 from aicallerd.call.settings import CallSettings
-from aicallerd.text.guardrail import TURN_GUARDRAIL
 
 SR = 8000
 FRAME = 0.02
@@ -116,7 +115,7 @@ def job_of(stamped: Stamped) -> int:
 
 def user(text: str) -> dict[str, str]:
     """The user message the model gets for a caller turn."""
-    return {"role": "user", "content": f"{text}\n{TURN_GUARDRAIL}"}
+    return {"role": "user", "content": text}
 
 
 def outcome(text: str, heard: str, *unplayed: Spoken, started: bool = True) -> ReplyOutcome:
@@ -308,7 +307,6 @@ def test_each_prompt_extends_the_last_so_the_llm_cache_holds() -> None:
     ]
     assert extends == [True, True, True, False, True, False]
     assert [(len(p) - 2) // 2 for p in prompts] == [0, 1, 2, 3, 2, 3, 2]
-    assert all(m["content"].endswith(TURN_GUARDRAIL) for p in prompts for m in p[1::2])
 
 
 # -- 3. barge-in -------------------------------------------------------------------------------

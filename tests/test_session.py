@@ -35,7 +35,6 @@ from session_harness import (
 from aicallerctl.testcall import Utterance, _trim_turn_audio
 from aicallerd.audio.mulaw import ulaw_encode
 from aicallerd.call.lines import FALLBACK_LINE
-from aicallerd.text.guardrail import TURN_GUARDRAIL
 from aicallerd.twilio import media
 from bench.frames import reply_timing
 
@@ -226,9 +225,9 @@ def test_barge_in_cuts_reply_and_keeps_only_what_was_heard() -> None:
     last = h.llm.requests[-1]
     assert last.caller_text == "w4 w5"
     assert last.messages[1:] == [
-        {"role": "user", "content": f"w1 w2 w3\n{TURN_GUARDRAIL}"},
+        {"role": "user", "content": "w1 w2 w3"},
         {"role": "assistant", "content": S1},
-        {"role": "user", "content": f"w4 w5\n{TURN_GUARDRAIL}"},
+        {"role": "user", "content": "w4 w5"},
     ]
 
 

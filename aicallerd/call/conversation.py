@@ -60,7 +60,6 @@ from aicallerd.endpointer import (
     SpeechStart,
 )
 from aicallerd.text.backchannel import is_backchannel, words
-from aicallerd.text.guardrail import TURN_GUARDRAIL
 from aicallerd.text.phone import TurnEnd, end_of_turn, is_closing, is_hold_request
 
 RESUME_WINDOW_SECONDS = 10.0  # a cut reply is picked up again only this soon after the cut
@@ -534,18 +533,20 @@ class Conversation:
     def _messages(self, caller_text: str) -> tuple[dict[str, str], ...]:
         """The prompt for this turn, built so it extends the last turn's prompt.
 
-        An LLM server reuses its cache only up to the first token that differs, so every
-        user message carries the per-turn reminder (not just the newest one), and old
+        An LLM server reuses its cache only up to the first token that differs, so old
         exchanges are dropped ``history_turns`` at a time (the model sees between
-        ``history_turns`` and twice that): the prefix stays the same for several turns and
-        the first token costs the new words only, not the whole history again.
+        ``history_turns`` and twice that) and nothing is added to earlier messages: the
+        first token costs the new words only, not the whole history again. (A per-turn
+        reminder after the caller's words cost SmolLM2 ~18 tokens, ~130 ms, every turn; the
+        reply filter enforces the shape anyway.)
         """
         past = self.history[1:]
         turns = self.settings.history_turns
         exchanges = len(past) // 2
         keep = exchanges - max(0, exchanges - turns) // turns * turns if turns else 0
-        window = [*past[len(past) - 2 * keep :], {"role": "user", "content": caller_text}]
-        return (dict(self.history[0]), *(_with_reminder(m) for m in window))
+        window = past[len(past) - 2 * keep :]
+        user = {"role": "user", "content": caller_text}
+        return (dict(self.history[0]), *(dict(m) for m in window), user)
 
     # -- interruptions --------------------------------------------------------------------------
 
@@ -617,10 +618,3 @@ class Conversation:
 
     def _busy(self) -> bool:
         return self._turn is not None or self._speaking or self.endpointer.in_phrase
-
-
-def _with_reminder(message: dict[str, str]) -> dict[str, str]:
-    """A copy of ``message``; a user message gets the per-turn reminder appended."""
-    if message["role"] != "user":
-        return dict(message)
-    return {"role": "user", "content": f"{message['content']}\n{TURN_GUARDRAIL}"}

@@ -3,8 +3,7 @@
 Small local models (SmolLM2-135M by default) follow instructions loosely: they emit markdown,
 lists, emojis and URLs, prefix replies with "Assistant:", run on past the length we asked for,
 and after a few turns copy their previous reply word for word. The prompt asks nicely
-(`SYSTEM_PROMPT`, plus `TURN_GUARDRAIL` appended to every caller turn because a 135M model
-forgets the system prompt quickly); `ReplyFilter` enforces it on each sentence before it
+(`SYSTEM_PROMPT`); `ReplyFilter` enforces it on each sentence before it
 reaches TTS, because anything the TTS voice reads aloud ("asterisk asterisk") is heard by the
 caller and cannot be taken back.
 
@@ -27,10 +26,6 @@ SYSTEM_PROMPT = (
     "If the caller asks whether you are a human, say honestly that you are an AI assistant."
 )
 """The default system prompt (`[llm] system_prompt` overrides it)."""
-
-TURN_GUARDRAIL = "(Answer naturally: a short first sentence, at most 3 in all. No lists.)"
-"""A short reminder appended to each caller turn: small models obey the last thing they read."""
-
 
 # --- cleaning -------------------------------------------------------------------------------
 
