@@ -299,6 +299,7 @@ class Endpointer:
         elif t - (origin + self._n / SAMPLE_RATE) >= self._half_frame:
             self._fill_gap(t, events)
             origin = self._origin_t
+            assert origin is not None
         is_speech = self._is_speech(x, speech_prob, level)
         if not is_speech and not self.in_phrase:  # the idle caller: what _process would do
             self._ring.push(x)
