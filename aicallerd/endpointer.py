@@ -41,6 +41,7 @@ from aicallerd.configschema import TurnConfig
 SAMPLE_RATE = 8000
 _EPS = 1e-6  # far below one sample (125 us): absorbs float error in summed frame times
 _GAP_FILL_LIMIT_SECONDS = 10.0
+_INT16 = np.dtype(np.int16)
 
 
 _TURN = TurnConfig()  # the configuration's defaults are the endpointer's, written once
@@ -138,6 +139,72 @@ def _samples(seconds: float) -> int:
     return round(seconds * SAMPLE_RATE)
 
 
+class PreRoll:
+    """The last ``keep + n`` samples heard (``n``: the last push), written in place.
+
+    Every frame of every call passes through here, so a push is one slice assignment into a
+    preallocated array twice the window; the window is moved to the front when the end is
+    reached (one copy per window's worth of frames), so :meth:`recent` is always contiguous.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._buf = np.zeros(2 * keep + 320, dtype=np.int16)
+        self._size = len(self._buf)
+        self._end = 0  # samples held end at _buf[_end]
+        self._last = 0  # length of the last push
+
+    def push(self, x: np.ndarray) -> None:
+        n = len(x)
+        end = self._end
+        if end + n > self._size:
+            end = self._make_room(n)
+        self._buf[end : end + n] = x
+        self._end = end + n
+        self._last = n
+
+    def _make_room(self, n: int) -> int:
+        """Move the last ``keep`` samples to the front (growing for an unusually long frame)."""
+        end = self._end
+        keep = min(end, self.keep)
+        tail = self._buf[end - keep : end]
+        if keep + n > self._size // 2:
+            self._buf = np.zeros(2 * (keep + n), dtype=np.int16)
+            self._size = len(self._buf)
+        self._buf[:keep] = tail
+        return keep
+
+    def recent(self) -> np.ndarray:
+        """The window, oldest first: a view, valid until the next push."""
+        end = self._end
+        return self._buf[end - min(end, self.keep + self._last) : end]
+
+    def clear(self) -> None:
+        self._end = self._last = 0
+
+
+class GrowingBuffer:
+    """Audio of the open chunk: appended in place, doubling when full (no quadratic joins)."""
+
+    def __init__(self, first: np.ndarray, capacity: int) -> None:
+        self._buf = np.empty(max(capacity, 2 * len(first)), dtype=np.int16)
+        self._buf[: len(first)] = first
+        self.len = len(first)
+
+    def append(self, x: np.ndarray) -> None:
+        n, size = len(x), self.len
+        if size + n > len(self._buf):
+            grown = np.empty(2 * (size + n), dtype=np.int16)
+            grown[:size] = self._buf[:size]
+            self._buf = grown
+        self._buf[size : size + n] = x
+        self.len = size + n
+
+    def view(self) -> np.ndarray:
+        """Everything appended so far: a view, valid until the next append."""
+        return self._buf[: self.len]
+
+
 class Endpointer:
     """Feed every inbound frame in order; act on the returned events."""
 
@@ -146,8 +213,12 @@ class Endpointer:
         self._start_run = _samples(s.min_speech_start_seconds)
         self._max_chunk = _samples(s.max_chunk_seconds)
         self._tail = _samples(s.chunk_tail_seconds)
-        self._ring_base = _samples(s.lead_in_seconds + s.min_speech_start_seconds) + 1
-        self._ring = np.zeros(0, dtype=np.int16)
+        # Room for a chunk cut at its longest plus its tail, so a chunk rarely has to grow.
+        self._chunk_capacity = self._max_chunk + 2 * _samples(s.frame_seconds) + self._tail
+        self._ring = PreRoll(_samples(s.lead_in_seconds + s.min_speech_start_seconds) + 1)
+        self._vad_threshold = s.vad_threshold
+        self._gate = s.min_speech_rms_threshold
+        self._half_frame = s.frame_seconds / 2
         # The clock counts samples from the first frame's time, so frame times do not drift.
         self._origin_t: float | None = None
         self._stream_start_t: float | None = None
@@ -211,30 +282,46 @@ class Endpointer:
     ) -> list[Event]:
         """Process one frame (any length) starting at audio time `t`; `level` is its RMS when
         the caller has it already."""
-        x = np.array(pcm8, dtype=np.int16).reshape(-1)  # a copy: callers may reuse buffers
-        if len(x) == 0:
+        # No copy: the audio is copied into the pre-roll and chunk buffers, so a caller may
+        # reuse its buffer.
+        x = pcm8
+        if x.__class__ is not np.ndarray or x.dtype is not _INT16:
+            x = np.asarray(x, _INT16)
+        if x.ndim != 1:
+            x = x.reshape(-1)
+        n = len(x)
+        if n == 0:
             return []
         events: list[Event] = []
-        if self._end_t is None:
-            self._origin_t = self._stream_start_t = t
-        elif t - self._end_t >= self.settings.frame_seconds / 2:
+        origin = self._origin_t
+        if origin is None:
+            self._origin_t = self._stream_start_t = origin = t
+        elif t - (origin + self._n / SAMPLE_RATE) >= self._half_frame:
             self._fill_gap(t, events)
+            origin = self._origin_t
+            assert origin is not None
+        is_speech = self._is_speech(x, speech_prob, level)
+        if not is_speech and not self.in_phrase:  # the idle caller: what _process would do
+            self._ring.push(x)
+            self._n += n
+            self._run_start_t, self._run_len = None, 0
+            return events
         # Sub-frame jitter or overlap: keep the audio contiguous and trust our own clock.
-        t = self._origin_t + self._n / SAMPLE_RATE
-        s = self.settings
-        if level is None:
-            level = rms(x)
-        is_speech = speech_prob >= s.vad_threshold and level >= s.min_speech_rms_threshold
-        self._process(x, is_speech, t, events)
+        self._process(x, is_speech, origin + self._n / SAMPLE_RATE, events)
         return events
 
     # ---- internals ----------------------------------------------------------------------------
 
+    def _is_speech(self, x: np.ndarray, speech_prob: float, level: float | None) -> bool:
+        """The VAD says so and the RMS clears the gate (measured only when the VAD says so)."""
+        if speech_prob < self._vad_threshold:
+            return False
+        return (rms(x) if level is None else level) >= self._gate
+
     def _clear_phrase(self) -> None:
         self.in_phrase = False
         self._chunks_emitted = 0
-        self._chunk: list[np.ndarray] | None = None  # open chunk audio (None: none open)
-        self._chunk_len = 0
+        self._chunk: GrowingBuffer | None = None  # open chunk audio (None: none open)
         self._chunk_start_t = 0.0
         self._chunk_speech_start_t = 0.0
         self._chunk_speech_end = 0  # samples into the open chunk where its last speech ends
@@ -256,7 +343,7 @@ class Endpointer:
             self._process(np.zeros(min(step, missing - k), dtype=np.int16), False, t, events)
         if target > limit:  # nothing can be pending after that much silence: jump the clock
             self._origin_t = target - self._n / SAMPLE_RATE
-            self._ring = np.zeros(0, dtype=np.int16)
+            self._ring.clear()
 
     def _silence_end(self) -> float:
         """While a post-Pause speech run is unconfirmed, the silence clock stands at its onset."""
@@ -268,11 +355,10 @@ class Endpointer:
     def _process(self, x: np.ndarray, is_speech: bool, t: float, events: list[Event]) -> None:
         n = len(x)
         te = t + n / SAMPLE_RATE
-        self._ring = np.concatenate([self._ring, x])[-(self._ring_base + n) :]
+        self._ring.push(x)
         self._n += n
         if self._chunk is not None:
             self._chunk.append(x)
-            self._chunk_len += n
 
         if is_speech:
             if self._run_start_t is None:
@@ -321,28 +407,30 @@ class Endpointer:
     def _open_chunk(self, onset: float) -> None:
         """Start a chunk from the ring buffer: pre-roll before `onset`, never before the floor."""
         assert self._end_t is not None
-        ring_start_t = self._end_t - len(self._ring) / SAMPLE_RATE
+        ring = self._ring.recent()
+        ring_start_t = self._end_t - len(ring) / SAMPLE_RATE
         want = max(onset - self.settings.lead_in_seconds, self._floor_t)
-        idx = min(max(0, round((want - ring_start_t) * SAMPLE_RATE)), len(self._ring))
-        audio = self._ring[idx:].copy()
-        self._chunk = [audio]
-        self._chunk_len = len(audio)
+        idx = min(max(0, round((want - ring_start_t) * SAMPLE_RATE)), len(ring))
+        self._chunk = self._new_chunk(ring[idx:])
         self._chunk_start_t = ring_start_t + idx / SAMPLE_RATE
         self._chunk_speech_start_t = onset
 
+    def _new_chunk(self, audio: np.ndarray) -> GrowingBuffer:
+        """A chunk starting with (a copy of) ``audio``, with room for its longest cut."""
+        return GrowingBuffer(audio, self._chunk_capacity)
+
     def _on_speech(self, te: float, events: list[Event]) -> None:
         self.last_speech_t = te
-        self._chunk_speech_end = self._chunk_len
-        while self._chunk_len > self._max_chunk:  # force cut mid-speech, remainder continues
-            buf = np.concatenate(self._chunk or [])
+        assert self._chunk is not None
+        self._chunk_speech_end = self._chunk.len
+        while self._chunk.len > self._max_chunk:  # force cut mid-speech, remainder continues
+            buf = self._chunk.view()
             cut_t = self._chunk_start_t + self._max_chunk / SAMPLE_RATE
             self._emit(buf[: self._max_chunk], final=False, events=events)
-            rest = buf[self._max_chunk :].copy()
-            self._chunk = [rest]
-            self._chunk_len = len(rest)
+            self._chunk = self._new_chunk(buf[self._max_chunk :])
             self._chunk_start_t = cut_t
             self._chunk_speech_start_t = cut_t
-            self._chunk_speech_end = len(rest)
+            self._chunk_speech_end = self._chunk.len
 
     def _check_silence(self, now: float, events: list[Event]) -> None:
         s = self.settings
@@ -355,7 +443,7 @@ class Endpointer:
             if self._chunk is not None and speech >= s.min_chunk_seconds - _EPS:
                 self._cut_chunk(final=False, events=events)
             elif self._chunk is not None and self._chunk_speech_end > 0:
-                buf = np.concatenate(self._chunk)
+                buf = self._chunk.view()
                 pending = buf[: min(len(buf), self._chunk_speech_end + self._tail)].copy()
             at = self._silence_start_t + s.chunk_silence_seconds
             events.append(Pause(self._phrase_id, at, self._silence_start_t, pending))
@@ -369,19 +457,18 @@ class Endpointer:
 
     def _cut_chunk(self, final: bool, events: list[Event]) -> None:
         """Emit the open chunk ending `chunk_tail_seconds` after its last speech."""
-        buf = np.concatenate(self._chunk or [])
+        assert self._chunk is not None
+        buf = self._chunk.view()
         cut = min(len(buf), self._chunk_speech_end + self._tail, self._max_chunk)
         self._chunk = None
-        self._chunk_len = 0
         if self._chunk_speech_end > 0:
             self._emit(buf[:cut], final=final, events=events)
 
     def _emit(self, pcm: np.ndarray, final: bool, events: list[Event]) -> None:
         end_t = self._chunk_start_t + len(pcm) / SAMPLE_RATE
-        events.append(
-            ChunkReady(
-                self._phrase_id, self._chunks_emitted, pcm, self._chunk_start_t, end_t, final
-            )
+        chunk = ChunkReady(
+            self._phrase_id, self._chunks_emitted, pcm.copy(), self._chunk_start_t, end_t, final
         )
+        events.append(chunk)
         self._chunks_emitted += 1
         self._floor_t = end_t

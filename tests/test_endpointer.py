@@ -2,6 +2,7 @@
 faint noise floor, and the VAD probability comes from a simple per-frame energy rule."""
 
 import itertools
+import random
 
 import numpy as np
 import pytest
@@ -369,3 +370,188 @@ def test_turn_silence_must_exceed_the_chunk_pause() -> None:
     ep = Endpointer(S)
     with pytest.raises(ValueError):
         ep.set_turn_silence(S.chunk_silence_seconds)
+
+
+# ---- the per-frame buffers: same events as the straightforward ones -----------------------------
+
+
+class _ConcatRing:
+    """The pre-roll as first written: concatenate, keep the last ``keep + n`` samples."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._audio = np.zeros(0, dtype=np.int16)
+
+    def push(self, x: np.ndarray) -> None:
+        self._audio = np.concatenate([self._audio, x])[-(self.keep + len(x)) :]
+
+    def recent(self) -> np.ndarray:
+        return self._audio
+
+    def clear(self) -> None:
+        self._audio = np.zeros(0, dtype=np.int16)
+
+
+class _ListChunk:
+    """A chunk as a list of frames, joined whenever it is read."""
+
+    def __init__(self, first: np.ndarray) -> None:
+        self._frames = [first.copy()]
+
+    @property
+    def len(self) -> int:
+        return sum(len(f) for f in self._frames)
+
+    def append(self, x: np.ndarray) -> None:
+        self._frames.append(x.copy())
+
+    def view(self) -> np.ndarray:
+        return np.concatenate(self._frames)
+
+
+class _Reference(Endpointer):
+    """The same turn-taking with the straightforward buffers and every frame copied and
+    processed in full (no idle shortcut)."""
+
+    def __init__(self, settings: EndpointerSettings) -> None:
+        super().__init__(settings)
+        self._ring = _ConcatRing(self._ring.keep)
+
+    def _new_chunk(self, audio: np.ndarray) -> _ListChunk:  # type: ignore[override]
+        return _ListChunk(audio)
+
+    def feed(
+        self, pcm8: np.ndarray, speech_prob: float, t: float, level: float | None = None
+    ) -> list[Event]:
+        x = np.array(pcm8, dtype=np.int16).reshape(-1)
+        if len(x) == 0:
+            return []
+        events: list[Event] = []
+        if self._end_t is None:
+            self._origin_t = self._stream_start_t = t
+        elif t - self._end_t >= self.settings.frame_seconds / 2:
+            self._fill_gap(t, events)
+        assert self._origin_t is not None
+        t = self._origin_t + self._n / SR
+        s = self.settings
+        level = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if level is None else level
+        is_speech = speech_prob >= s.vad_threshold and level >= s.min_speech_rms_threshold
+        self._process(x, is_speech, t, events)
+        return events
+
+
+Step = tuple[np.ndarray, float, float, float | None, str | float | None]
+
+
+def _random_call(seed: int, seconds: float, long_gaps: bool) -> list[Step]:
+    """Words, silence, hiss and clicks in odd frame sizes, with lost frames, clock jitter,
+    resets and turn silences: (frame, prob, t, level or None, action) per frame."""
+    r = random.Random(seed)  # the stdlib generator: the same sequence on every numpy
+    steps: list[Step] = []
+    n = 0
+    while n < seconds * SR:
+        kind = r.choice(["word", "word", "silence", "hiss", "click"])
+        length = {"word": r.uniform(0.02, 3.0), "silence": r.uniform(0, 1.5), "click": 0.02}
+        end = n + round(length.get(kind, r.uniform(0.1, 1.0)) * SR)
+        amp = r.choice([100.0, 1500.0, 6000.0])
+        while n < end:
+            size = r.choice([FRAME] * 8 + [80, 240, 333, 1])
+            i = np.arange(n, n + size)
+            x = 30 * np.sin(i * 1.7) + (
+                amp * np.sin(2 * np.pi * 180 * i / SR) if kind in ("word", "click") else 0
+            )
+            if kind == "silence":
+                x = np.zeros(size)
+            f = np.round(x).astype(np.int16)
+            level = float(np.sqrt(np.mean(f.astype(np.float64) ** 2)))
+            prob = (0.9 if level > 400 else 0.1) if r.random() > 0.05 else r.random()
+            t, action, u = n / SR, None, r.random()
+            if u < 0.008:  # frames lost in transit (now and then for longer than a phrase)
+                lost = round((12.0 if long_gaps and u < 0.001 else r.choice([0.05, 0.3, 0.7])) * SR)
+                n, end, t = n + lost, end + lost, (n + lost) / SR
+            elif u < 0.02:
+                t += r.uniform(-0.004, 0.004)
+            elif u < 0.022:
+                action = "reset"
+            elif u < 0.04:
+                action = r.choice([0.4, 1.8, None])
+            steps.append((f, prob, t, level if r.random() < 0.5 else None, action))
+            n += size
+    return steps
+
+
+def _drive(ep: Endpointer, steps: list[Step], reuse: bool = False) -> list[Event]:
+    """Feed the call; with ``reuse`` every frame comes in one buffer, scribbled on afterwards."""
+    events: list[Event] = []
+    buffer = np.zeros(400, dtype=np.int16)
+    for f, prob, t, level, action in steps:
+        if action == "reset":
+            ep.reset()
+        elif isinstance(action, float) and action > ep.settings.chunk_silence_seconds:
+            ep.set_turn_silence(action)
+        if reuse:
+            buffer[: len(f)] = f
+            f = buffer[: len(f)]
+        events += ep.feed(f, prob, t, level)
+        buffer[:] = 12345
+    return events
+
+
+def _exact(events: list[Event]) -> list[tuple]:
+    """Every field of every event, audio as bytes: equal only if nothing differs at all."""
+    out = []
+    for e in events:
+        fields = {
+            k: (v.dtype.str, v.tobytes()) if isinstance(v, np.ndarray) else v
+            for k, v in vars(e).items()
+        }
+        out.append((type(e).__name__, sorted(fields.items())))
+    return out
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        EndpointerSettings(),
+        S,
+        EndpointerSettings(max_chunk_seconds=1.0, lead_in_seconds=0.3),
+        EndpointerSettings(lead_in_seconds=0, min_speech_start_seconds=0, chunk_tail_seconds=0),
+    ],
+)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_events_are_exactly_those_of_the_straightforward_buffers(
+    settings: EndpointerSettings, seed: int
+) -> None:
+    steps = _random_call(seed, 40.0, long_gaps=True)
+    want = _drive(_Reference(settings), steps)
+    got = _drive(Endpointer(settings), steps, reuse=True)
+    assert _exact(got) == _exact(want)
+    assert {"SpeechStart", "ChunkReady", "Pause", "Resume", "PhraseEnd"} <= set(kinds(want))
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_chunks_are_the_audio_heard_with_lead_in_and_lost_frames_as_silence(seed: int) -> None:
+    steps = [(f, p, t, lv, None) for f, p, t, lv, _ in _random_call(seed, 30.0, long_gaps=False)]
+    heard: list[np.ndarray] = []
+    n = 0
+    for f, _, t, _, _ in steps:
+        if t - n / SR >= S.frame_seconds / 2:  # what was lost is silence
+            heard.append(np.zeros(round(t * SR) - n, dtype=np.int16))
+            n = round(t * SR)
+        heard.append(f)
+        n += len(f)
+    stream = np.concatenate(heard)
+    events = _drive(Endpointer(S), steps)
+    floor, onset, chunks = 0.0, None, 0
+    for e in events:
+        if isinstance(e, SpeechStart):
+            onset = e.t
+        elif isinstance(e, ChunkReady):
+            chunks += 1
+            assert np.array_equal(e.pcm8, stream[round(e.start_t * SR) : round(e.end_t * SR)])
+            if e.index == 0:  # the pre-roll: lead_in before the onset, never into the last chunk
+                assert onset is not None
+                assert e.start_t == pytest.approx(max(onset - S.lead_in_seconds, floor))
+            assert e.start_t >= floor - 1e-9
+            floor = e.end_t
+    assert chunks >= 5
