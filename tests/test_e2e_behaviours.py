@@ -163,11 +163,11 @@ def test_a_complete_question_is_answered_sooner_than_the_fixed_rule(daemon):
         line for line in daemon.lines if result.call_sid in line and "endpoint_wait=" in line
     )
     waited = int(re.search(r"endpoint_wait=(\d+)ms", line).group(1)) / 1000
-    # The words decide: the question was classified complete, so the turn ended 0.4 s after
+    # The words decide: the question was classified complete, so the turn ended 0.5 s after
     # the speech or as soon as its words were in, whichever came later. Sooner than the fixed
-    # 0.6 s only when Whisper beats 0.6 s; on a CPU shared with other work it does not, and
+    # 0.6 s only when Whisper beats 0.6 s; on a CPU shared with other work it may not, and
     # then the answer starts when the words are in under either rule.
-    assert any(result.call_sid in ln and "is complete: 0.4s pause" in ln for ln in daemon.lines), (
+    assert any(result.call_sid in ln and "is complete: 0.5s pause" in ln for ln in daemon.lines), (
         daemon.log_text()[-2000:]
     )
     assert waited < 1.8, line  # never the unfinished limit

@@ -87,6 +87,11 @@ TURN_ENDS = [
     ("It's spelled S, M, I.", TurnEnd.UNFINISHED),
     ("S-M-I-T-H.", TurnEnd.UNFINISHED),
     ("My name is Smith, spelled S.", TurnEnd.UNFINISHED),
+    ("My surname is no.", TurnEnd.UNFINISHED),  # Whisper's "Nowak", spelling to follow
+    ("My name is Anna Smith.", TurnEnd.UNFINISHED),
+    ("My name is Anna and I'd like to book a table.", TurnEnd.COMPLETE),
+    ("The code is 7.", TurnEnd.UNFINISHED),
+    ("The code is 7 9 2 4 5 1 3, thanks.", TurnEnd.COMPLETE),
     # a sentence that goes on
     ("I want to book a table and", TurnEnd.UNFINISHED),
     ("I want to book a table or", TurnEnd.UNFINISHED),

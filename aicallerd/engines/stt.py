@@ -211,9 +211,10 @@ class Transcriber:
         # A cap against runaway repetition loops, generous for fast talkers.
         max_new_tokens = int(24 + 10 * seconds)
         window = window_seconds(seconds)
+        text = None
         if window is not None and self._windowed is not None:
             text = self._windowed.decode(audio, window, max_new_tokens)
-        else:
+        if text is None:
             segments, _info = self._whisper.transcribe(
                 audio,
                 language=self.language,

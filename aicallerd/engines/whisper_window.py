@@ -13,6 +13,8 @@ at about a third of the time (tiny.en is poor on synthetic voices; the gap is wh
 from __future__ import annotations
 
 import math
+import re
+import zlib
 from typing import Any
 
 import numpy as np
@@ -22,9 +24,12 @@ FULL_WINDOW_SECONDS = 30
 MIN_WINDOW_SECONDS = 10
 PAD_SECONDS = 3.0
 FRAMES_PER_SECOND = 100  # Whisper's mel hop is 10 ms
-# faster-whisper's own defaults for dropping a segment that is really silence.
+# faster-whisper's own defaults for dropping a segment that is really silence, and for a
+# decode that ran into a loop ("4, 4, 4, 4, ...": zlib squeezes it more than 2.4x).
 NO_SPEECH_THRESHOLD = 0.6
 LOG_PROB_THRESHOLD = -1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+_SAME_WORD = re.compile(r"\b(\w+)\b(?:\W+\1\b){7,}", re.IGNORECASE)  # 8 times in a row
 
 
 def window_seconds(audio_seconds: float) -> int | None:
@@ -56,8 +61,10 @@ class WindowedDecoder:
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
 
-    def decode(self, audio16: np.ndarray, window: int, max_new_tokens: int) -> str:
-        """Transcribe float32 16 kHz ``audio16`` (shorter than ``window`` seconds)."""
+    def decode(self, audio16: np.ndarray, window: int, max_new_tokens: int) -> str | None:
+        """Transcribe float32 16 kHz ``audio16`` (shorter than ``window`` seconds); None when
+        the short window made Whisper loop (digits and spelled letters do that most), so the
+        caller should transcribe on the full window instead."""
         frames = window * FRAMES_PER_SECOND
         pad = max(0, window * WHISPER_RATE - audio16.size)
         features = self._whisper.feature_extractor(audio16, padding=pad)[:, :frames]
@@ -76,4 +83,17 @@ class WindowedDecoder:
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         if result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
             return ""
-        return self._tokenizer.decode(tokens).strip()
+        text = self._tokenizer.decode(tokens).strip()
+        if len(tokens) >= max_new_tokens or looped(text):
+            return None
+        return text
+
+
+def looped(text: str) -> bool:
+    """Whisper stuck on a word ("4, 4, 4, ...") or a phrase: too short for zlib to see it."""
+    return bool(_SAME_WORD.search(text)) or _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD
+
+
+def _compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0

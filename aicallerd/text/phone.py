@@ -98,8 +98,16 @@ _INTRO = re.compile(
 _SPELLING = re.compile(r"\b(?:spelled|spelt|spell(?:ing)?)\b")
 # "my number is ..." with fewer digits after it than a phone number has: still being read out
 # (whatever Whisper made of the digits: "five five five" is often "time time time").
-_NUMBER_INTRO = re.compile(r"\b(?:my|the|phone|mobile|cell) number is\b(.*)$")
+_NUMBER_INTRO = re.compile(
+    r"\b(?:(?:my|the|phone|mobile|cell|account|reference) number|code|pin|zip(?: code)?|"
+    r"postcode) is\b(.*)$"
+)
 PHONE_DIGITS = 7
+# "my surname is Nowak." and no more: callers go on to spell a name after a pause more often
+# than not, and Whisper mangles a name alone ("My surname is no."); waiting longer costs a
+# second, cutting them off mid-spelling costs the turn.
+_NAME_INTRO = re.compile(r"\b(?:my|the|last|first|family|sur) ?name is\b(.*)$")
+NAME_WORDS = 2
 
 
 def _is_number(token: str) -> bool:
@@ -136,6 +144,9 @@ def end_of_turn(text: str) -> TurnEnd:
         digits = sum(len(t) if t.isdigit() else t in _NUMBER_WORDS for t in said)
         if digits < PHONE_DIGITS:
             return TurnEnd.UNFINISHED
+    name = _NAME_INTRO.search(" ".join(tokens))
+    if name is not None and len(name.group(1).split()) <= NAME_WORDS:
+        return TurnEnd.UNFINISHED
     for is_item in (_is_number, _is_letter):
         run = 0
         while run < len(tokens) and is_item(tokens[-1 - run]):
