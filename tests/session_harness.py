@@ -157,11 +157,12 @@ class LLMRequest:
     messages: list[dict[str, str]]
     at: float
     outcome: str = "running"  # done | cancelled | failed
+    tokens_read: int = 0  # tokens the reply consumed before it finished or closed the stream
 
     @property
     def caller_text(self) -> str:
-        """The caller's words in the last user message (without the turn guardrail)."""
-        return self.messages[-1]["content"].split("\n", 1)[0]
+        """The caller's words in the last user message."""
+        return self.messages[-1]["content"]
 
 
 class FakeLLM:
@@ -207,6 +208,7 @@ class FakeLLM:
                     await trio.sleep(self.token_delay)
                 if i == stall_at:
                     await trio.sleep_forever()
+                request.tokens_read += 1
                 yield token
             request.outcome = "done"
         except trio.Cancelled:

@@ -207,6 +207,8 @@ def test_a_sentence_that_would_run_past_the_word_budget_is_not_started():
     third = "On Sundays and public holidays the shop stays closed all day long, sorry."
     assert f.accept(first) == first
     assert f.accept(second) == second
+    assert f.refuses_length(5)  # the third sentence is refused once it passes 4 words
+    assert not f.refuses_length(4)
     assert f.accept(third) is None  # 9 + 17 + 12 words > 30
     assert f.done
     assert len(f.spoken_text.split()) <= 30

@@ -82,6 +82,25 @@ def test_fake_stt_recovers_words() -> None:
 # -- 1. a normal turn ------------------------------------------------------------------------
 
 
+def test_a_sentence_too_long_for_the_reply_stops_the_llm_while_it_is_written() -> None:
+    """The reply holds at most max_reply_words: once the sentence being written cannot fit,
+    the LLM stream is closed there (the server stops generating), not read to its end."""
+    first = "We are open from nine to five on weekdays and until two on Saturdays."
+    rambling = "And then" + " there is a great deal more to say about it" * 5 + "."
+    llm = FakeLLM({"w1 w2 w3": f"{first} {rambling}"})
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await settle(h)
+
+    h = run_call(caller, llm=llm)
+    assert labels(h.segments()) == [(first, True)]
+    (request,) = llm.requests
+    assert request.outcome != "done"  # closed mid-stream: the rest was never generated
+    assert request.tokens_read <= 30 + 1  # the 30-word budget and the word that broke it
+
+
 @pytest.mark.parametrize("first_token_delay", [0.05, 0.8], ids=["reply-ready-early", "slow-llm"])
 def test_normal_turn(first_token_delay: float) -> None:
     async def caller(h: CallHarness) -> None:

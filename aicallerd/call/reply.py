@@ -87,6 +87,8 @@ async def _generate(
             for sentence in splitter.feed(delta):
                 if not await _offer(sentence, reply_filter, legs, t0, out):
                     return
+            if reply_filter.refuses_length(splitter.pending_words):
+                return  # the sentence being written can never be spoken: stop the LLM now
         for sentence in splitter.flush():
             if not await _offer(sentence, reply_filter, legs, t0, out):
                 return

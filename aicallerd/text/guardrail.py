@@ -213,6 +213,11 @@ class ReplyFilter:
     def sentences(self) -> list[str]:
         return list(self._accepted)
 
+    def refuses_length(self, words: int) -> bool:
+        """True when a sentence of ``words`` words would be refused for length: a sentence
+        still being written that long can stop being generated now."""
+        return bool(self._accepted) and self._words + words > self.max_words
+
     def accept(self, sentence: str) -> str | None:
         if self.done:
             return None

@@ -71,6 +71,11 @@ class SentenceSplitter:
         self._scan = 0  # everything before this index was judged "no boundary"
         self._emitted_any = False
 
+    @property
+    def pending_words(self) -> int:
+        """Words written since the last piece: the sentence still being written."""
+        return len(self._buf.split())
+
     def feed(self, delta: str) -> list[str]:
         """Add a delta; return the pieces that are now known to be complete."""
         self._buf += delta
