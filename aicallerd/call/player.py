@@ -94,7 +94,8 @@ class PlaybackClock:
 
 
 class Transport(Protocol):
-    """The WebSocket as a call sees it (quart's websocket in the daemon, memory in tests)."""
+    """The WebSocket as a call sees it (webstream.AsgiTransport in the daemon, memory in
+    tests)."""
 
     async def receive(self) -> str | bytes: ...
     async def send(self, data: str) -> None: ...
