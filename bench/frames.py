@@ -49,6 +49,16 @@ class Played:
     underrun: bool  # the buffer ran dry mid-sentence
 
 
+class ManualClock:
+    """A clock the tests move by hand (``clock.t = ...``), for a RecordingBuffer."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 class RecordingBuffer(PlayoutBuffer):
     """The stand-in's playout buffer, also noting when each frame arrived and was played.
 

@@ -2,21 +2,13 @@
 and the frame lead / starvation the benchmark reads from it, on a hand-driven clock."""
 
 from aicallerctl.playout import FRAME
-from bench.frames import RecordingBuffer, playing_fraction, reply_timing
+from bench.frames import ManualClock, RecordingBuffer, playing_fraction, reply_timing
 
 AUDIO = b"\x00" * FRAME  # one 20 ms frame (mu-law zero is loud enough to count as audio)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_steady_sender_lead_and_a_late_frame_show_as_starved() -> None:
-    clock = Clock()
+    clock = ManualClock()
     buf = RecordingBuffer(clock)
     # The sender bursts 8 frames at t=0, sends one per tick for 4 ticks, then pauses: tick
     # 13 finds the buffer empty, and audio resumes at tick 14.
@@ -44,7 +36,7 @@ def test_steady_sender_lead_and_a_late_frame_show_as_starved() -> None:
 
 
 def test_clear_drops_what_is_queued_so_it_never_plays() -> None:
-    clock = Clock()
+    clock = ManualClock()
     buf = RecordingBuffer(clock)
     for _ in range(3):
         buf.push_audio(AUDIO)

@@ -7,16 +7,8 @@ recording one) must play them exactly as Twilio does, and the send-cost bench mu
 import pytest
 
 from aicallerctl.playout import FRAME, PlayoutBuffer
-from bench.frames import RecordingBuffer, reply_timing
+from bench.frames import ManualClock, RecordingBuffer, reply_timing
 from bench.player_send import measure
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_a_long_message_plays_a_frame_a_tick_and_its_mark_after_it() -> None:
@@ -36,7 +28,7 @@ def test_a_long_message_plays_a_frame_a_tick_and_its_mark_after_it() -> None:
 
 
 def test_recording_buffer_times_long_messages_by_their_first_byte() -> None:
-    clock = Clock()
+    clock = ManualClock()
     buf = RecordingBuffer(clock)
     buf.push_audio(b"\x00" * 1440)  # the Player's first top-up: 180 ms
     for n in range(1, 25):

@@ -78,6 +78,22 @@ def status(d) -> dict:
     return json.loads(ctl(d, "status", "--json").stdout)
 
 
+def mom_answers(daemon, twilio, sid: str, call: dict, utterances: list[Utterance]):
+    """Mom picks up the call the daemon placed: Twilio fetches its Url and opens the stream."""
+    return trio.run(
+        lambda: place_call(
+            target(daemon),
+            utterances,
+            call_sid=sid,
+            account_sid=twilio.account_sid,
+            direction="outbound-api",
+            voice_url=call.get("Url"),
+            from_number=FROM,
+            to_number=MOM,
+        )
+    )
+
+
 def test_call_mom_from_the_command_to_the_greeting(daemon, twilio, stt):
     proc = ctl(daemon, "call", "mom")
     assert proc.returncode == 0, proc.stderr
@@ -99,18 +115,7 @@ def test_call_mom_from_the_command_to_the_greeting(daemon, twilio, stt):
     assert twilio.post_status(sid, "in-progress", daemon.base_url).status_code == 204
 
     # Mom picks up: Twilio fetches our Url and opens the stream. She listens, then hangs up.
-    result = trio.run(
-        lambda: place_call(
-            target(daemon),
-            [],
-            call_sid=sid,
-            account_sid=twilio.account_sid,
-            direction="outbound-api",
-            voice_url=call.get("Url"),
-            from_number=FROM,
-            to_number=MOM,
-        )
-    )
+    result = mom_answers(daemon, twilio, sid, call, [])
     assert result.refused is None
     heard = stt.transcribe_sync(ulaw_decode(bytes(result.greeting_audio)))
     assert wer(GREETING, heard) < 0.35, heard
@@ -133,18 +138,7 @@ def test_a_call_we_placed_and_ended_is_completed_through_twilio(daemon, twilio):
     sid = ctl(daemon, "call", "mom").stdout.strip()
     call = next_created(twilio)
     bye = "Okay, thank you very much. Goodbye."
-    result = trio.run(
-        lambda: place_call(
-            target(daemon),
-            [Utterance(speak(bye), bye)],
-            call_sid=sid,
-            account_sid=twilio.account_sid,
-            direction="outbound-api",
-            voice_url=call.get("Url"),
-            from_number=FROM,
-            to_number=MOM,
-        )
-    )
+    result = mom_answers(daemon, twilio, sid, call, [Utterance(speak(bye), bye)])
     assert result.closed_by_daemon
     daemon.wait_for(f"[{sid}] call ended: caller_goodbye")
     assert twilio.wait_updates(call, 1, timeout=15) == [[("Status", "completed")]]
