@@ -41,6 +41,7 @@ from aicallerd.configschema import TurnConfig
 SAMPLE_RATE = 8000
 _EPS = 1e-6  # far below one sample (125 us): absorbs float error in summed frame times
 _GAP_FILL_LIMIT_SECONDS = 10.0
+MAX_ONSET_BACKDATE = 0.1  # seconds: loud frames before a VAD onset that count as its speech
 _INT16 = np.dtype(np.int16)
 
 
@@ -85,8 +86,18 @@ class EndpointerSettings:
 
 @dataclass(frozen=True)
 class SpeechStart:
+    """``t``: the onset the VAD confirmed. ``loud_t``: when the frames leading into it first
+    cleared the RMS gate, if earlier (at most ``MAX_ONSET_BACKDATE`` before ``t``): the VAD
+    is 20-80 ms slower than the energy to be sure of a soft onset ("yes", "how", "please"),
+    and how long the caller has spoken counts from the sound, not from our certainty."""
+
     phrase_id: int
     t: float
+    loud_t: float | None = None
+
+    @property
+    def onset(self) -> float:
+        return self.t if self.loud_t is None else self.loud_t
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,6 +237,7 @@ class Endpointer:
         self._floor_t = -np.inf  # no chunk reaches back before this (last chunk end / reset)
         self._phrase_id = 0
         self.last_speech_t: float | None = None
+        self._loud_t: float | None = None  # start of the current run of frames above the gate
         self._clear_phrase()
 
     # ---- public state -------------------------------------------------------------------------
@@ -300,6 +312,11 @@ class Endpointer:
             self._fill_gap(t, events)
             origin = self._origin_t
             assert origin is not None
+        if level is not None and level >= self._gate:
+            if self._loud_t is None:
+                self._loud_t = origin + self._n / SAMPLE_RATE
+        else:
+            self._loud_t = None
         is_speech = self._is_speech(x, speech_prob, level)
         if not is_speech and not self.in_phrase:  # the idle caller: what _process would do
             self._ring.push(x)
@@ -334,6 +351,7 @@ class Endpointer:
     def _fill_gap(self, target: float, events: list[Event]) -> None:
         """Lost frames are silence; feed them as such so timers and chunk audio stay aligned."""
         assert self._origin_t is not None
+        self._loud_t = None
         end = self._origin_t + self._n / SAMPLE_RATE
         limit = end + max(_GAP_FILL_LIMIT_SECONDS, 2 * self.settings.done_speaking_silence_seconds)
         missing = _samples(min(target, limit) - end)
@@ -400,7 +418,12 @@ class Endpointer:
         assert self._run_start_t is not None
         self._phrase_id += 1
         self.in_phrase = True
-        events.append(SpeechStart(self._phrase_id, self._run_start_t))
+        onset, loud = self._run_start_t, self._loud_t
+        if loud is not None and loud < onset:
+            loud = max(loud, onset - MAX_ONSET_BACKDATE)
+        else:
+            loud = None
+        events.append(SpeechStart(self._phrase_id, onset, loud))
         self._open_chunk(self._run_start_t)
         self._on_speech(te, events)
 

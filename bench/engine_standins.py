@@ -66,6 +66,14 @@ class Pace:
     chunk_seconds: float = 0.1  # TTS: audio per streamed chunk
 
 
+def fresh_reply(rng: random.Random, messages: list[dict[str, Any]]) -> str:
+    """A canned reply this call has not had yet: a real model does not answer a new question
+    with its last reply word for word, and the daemon (rightly) refuses a reply that repeats
+    one, which would make the bench measure its repeat guard instead of its audio path."""
+    said = {m.get("content") for m in messages if m.get("role") == "assistant"}
+    return rng.choice([r for r in REPLIES if r not in said] or list(REPLIES))
+
+
 def tokens_of(text: str) -> list[str]:
     """Streaming pieces the way a tokenizer cuts them: words with their leading space."""
     return re.findall(r"\s*\S+", text)
@@ -141,7 +149,7 @@ def create_app(pace: Pace, lines: list[tuple[str, float]], seed: int = 0) -> Qua
             done = {"model": MODEL, "message": {"role": "assistant", "content": ""}, "done": True}
             return _json(done, 200)
         limit = int((body.get("options") or {}).get("num_predict", 1000))
-        toks = tokens_of(rng.choice(REPLIES))[:limit]
+        toks = tokens_of(fresh_reply(rng, body["messages"]))[:limit]
         await first_byte()
 
         async def lines_out() -> AsyncIterator[bytes]:
@@ -158,7 +166,8 @@ def create_app(pace: Pace, lines: list[tuple[str, float]], seed: int = 0) -> Qua
     @app.post("/v1/chat/completions")
     async def openai_chat() -> Response:
         body = await request.get_json(force=True)
-        toks = tokens_of(rng.choice(REPLIES))[: int(body.get("max_tokens") or 1000)]
+        toks = tokens_of(fresh_reply(rng, body.get("messages") or []))
+        toks = toks[: int(body.get("max_tokens") or 1000)]
         await first_byte()
 
         def event(delta: dict[str, Any], finish: str | None = None) -> bytes:

@@ -36,6 +36,7 @@ from aicallerd.call.metrics import TurnLegs
 from aicallerd.call.session import CallSession
 from aicallerd.call.settings import CallSettings, ReplySettings
 from aicallerd.endpointer import EndpointerSettings
+from aicallerd.engines.deadline import DUE
 from aicallerd.engines.llm import LLMError
 from aicallerd.engines.tts import TTSError
 from aicallerd.twilio import media
@@ -233,6 +234,7 @@ class FakeTTS:
         self.delay = delay
         self.fail_on = set(fail_on)  # texts whose synthesis drops like a cut stream
         self.requests: list[str] = []
+        self.dues: list[float | None] = []  # deadline.DUE of each request
         self.rendered: dict[bytes, str] = {}
         self._by_text: dict[str, bytes] = {}
 
@@ -256,6 +258,7 @@ class FakeTTS:
 
     async def stream_ulaw(self, text: str) -> AsyncIterator[bytes]:
         self.requests.append(text)
+        self.dues.append(DUE.get())
         await trio.sleep(self.delay)
         if text in self.fail_on:
             raise TTSError("scripted failure: stream cut", status=None)

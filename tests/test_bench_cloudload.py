@@ -4,6 +4,7 @@ hosted engine's first-byte delay, and the bench's verdict counts up to the first
 from __future__ import annotations
 
 import io
+import random
 import time
 import wave
 from types import SimpleNamespace
@@ -18,7 +19,7 @@ from aicallerd.audio.mulaw import ulaw_decode
 from aicallerd.engines.llm import OllamaChat, OpenAIChat
 from aicallerd.engines.tts import ElevenLabsTTS
 from bench.cloudload import Level, largest_on_time, reply_on_time, settings_for
-from bench.engine_standins import API_KEY, MODEL, REPLIES, VOICE, Pace, create_app
+from bench.engine_standins import API_KEY, MODEL, REPLIES, VOICE, Pace, create_app, fresh_reply
 
 LINES = [("Do you have parking?", 1.4), ("I would like to make an appointment for next week.", 3.1)]
 FIRST_BYTE = 0.15
@@ -79,6 +80,18 @@ def test_the_daemons_clients_get_whole_answers_after_the_first_byte_delay():
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_the_llm_standin_never_answers_with_a_reply_the_call_already_had():
+    """The daemon refuses a reply that repeats the last one (a looping model); a stand-in that
+    repeated itself would put that guard's fallback line in the load figures."""
+    rng = random.Random(1)
+    history: list[dict[str, str]] = []
+    for _ in REPLIES:
+        reply = fresh_reply(rng, history)
+        assert reply not in [m["content"] for m in history]
+        history += [{"role": "user", "content": "And?"}, {"role": "assistant", "content": reply}]
+    assert fresh_reply(rng, history) in REPLIES  # all used: any will do
 
 
 def _turn(v2v: float | None, starved: float | None = 0.0, underruns: int = 0):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from session_harness import settings as harness_settings
 
+from aicallerd.audio.resample import rms
 from aicallerd.call.actions import (
     Action,
     CancelReply,
@@ -73,9 +74,10 @@ class Call:
 
     def _frames(self, seconds: float, pcm: np.ndarray, prob: float) -> Stamped:
         out: Stamped = []
+        level = rms(pcm)  # the session measures every frame's level
         for _ in range(round(seconds / FRAME)):
             arrived = self.t + FRAME
-            for action in self.conv.audio(pcm, prob, self.t, arrived, self.speaking):
+            for action in self.conv.audio(pcm, prob, self.t, arrived, self.speaking, level):
                 out.append((arrived, action))
             self.t = arrived
         return out
@@ -85,6 +87,10 @@ class Call:
 
     def silence(self, seconds: float) -> Stamped:
         return self._frames(seconds, QUIET, 0.0)
+
+    def sound(self, seconds: float) -> Stamped:
+        """Loud frames the VAD does not (yet) call speech: a soft onset, or noise."""
+        return self._frames(seconds, LOUD, 0.0)
 
     def transcribed(self, job: int, text: str, now: float | None = None) -> list[Action]:
         return self.conv.transcribed(job, text, self.now if now is None else now)
@@ -317,16 +323,32 @@ def test_barge_in_cancels_the_reply_once_at_min_speech() -> None:
     call = Call()
     committed_turn(call)
     call.speaking = True
-    assert acts(call.speak(0.2)) == []  # the first 20 ms only confirm that speech started
+    assert acts(call.speak(0.18)) == []
     crossing = call.speak(0.02)
     assert [a for _, a in crossing if not isinstance(a, Note)] == [
         CancelReply(1, "barge-in"),
         Clear(),
     ]
-    assert crossing[0][0] == pytest.approx(1.6 + 0.22)
+    assert crossing[0][0] == pytest.approx(1.6 + 0.2)
     (note,) = only(acts(crossing), Note)
     assert "over turn 1" in note.message
     assert acts(call.speak(1.0)) == []  # speaking on changes nothing
+
+
+@pytest.mark.parametrize(("unsure", "cut_at"), [(0.06, 0.2), (0.3, 0.4)])
+def test_barge_in_counts_speech_from_its_sound_not_from_the_vads_certainty(
+    unsure: float, cut_at: float
+) -> None:
+    """Silero is sure of a soft onset ("yes", "how") 20-80 ms after it is loud: the caller's
+    0.2 s count from the loud frames that led into the speech, but never from more than
+    0.1 s before it (a noise that was loud all along is not speech)."""
+    call = Call()
+    committed_turn(call)
+    call.speaking = True
+    assert acts(call.sound(unsure)) == []
+    stamped = call.speak(0.3)
+    clear_at = [t for t, a in stamped if isinstance(a, Clear)]
+    assert clear_at == [pytest.approx(1.6 + cut_at)]
 
 
 def test_brief_sound_over_the_agent_does_not_interrupt() -> None:
@@ -482,16 +504,16 @@ def test_min_words_checks_the_interrupters_words_before_cancelling() -> None:
     call = Call(barge_in_min_words=2)
     committed_turn(call)
     call.speaking = True
-    first = call.speak(0.22)
+    first = call.speak(0.2)
     (check,) = only(acts(first), Transcribe)
     assert kinds(acts(first)) == [Transcribe]
-    assert first[0][0] == pytest.approx(1.6 + 0.22)  # at 0.2 s of speech
-    assert len(check.pcm) == 10 * FRAME_SAMPLES
+    assert first[0][0] == pytest.approx(1.6 + 0.2)  # at 0.2 s of speech
+    assert len(check.pcm) == 9 * FRAME_SAMPLES  # from the frame that confirmed the speech
     assert call.transcribed(check.job, "wait") == []
     assert acts(call.speak(0.28)) == []  # no new check until 0.3 s more audio
     again = acts(call.speak(0.02))
     (second,) = only(again, Transcribe)
-    assert kinds(again) == [Transcribe] and len(second.pcm) == 25 * FRAME_SAMPLES
+    assert kinds(again) == [Transcribe] and len(second.pcm) == 24 * FRAME_SAMPLES
     stop = call.transcribed(second.job, "wait stop")
     assert kinds(stop) == [Note, CancelReply, Clear]
     assert stop[1] == CancelReply(1, "barge-in")
@@ -525,7 +547,7 @@ def test_caller_talking_over_the_greeting_stops_it_once() -> None:
     call = Call(greeting="Hello, how can I help?")
     assert call.opening == [SayLine("greeting", "Hello, how can I help?")]
     call.speaking = True
-    assert acts(call.speak(0.2)) == []
+    assert acts(call.speak(0.18)) == []
     crossing = call.speak(0.02)
     assert acts(crossing) == [Note("caller spoke over a fixed line: stopping it"), Clear()]
     assert only(acts(call.speak(0.5)), Clear) == []

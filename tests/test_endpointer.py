@@ -434,8 +434,14 @@ class _Reference(Endpointer):
         assert self._origin_t is not None
         t = self._origin_t + self._n / SR
         s = self.settings
+        measured = level is not None
         level = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) if level is None else level
-        is_speech = speech_prob >= s.vad_threshold and level >= s.min_speech_rms_threshold
+        loud = level >= s.min_speech_rms_threshold
+        if not (measured and loud):
+            self._loud_t = None
+        elif self._loud_t is None:
+            self._loud_t = t
+        is_speech = speech_prob >= s.vad_threshold and loud
         self._process(x, is_speech, t, events)
         return events
 

@@ -187,6 +187,17 @@ def test_nothing_after_done() -> None:
     assert f.spoken_text == "One."
 
 
+def test_an_opening_clause_spoken_ahead_does_not_use_up_a_sentence() -> None:
+    """ "Sure," or "We have rooms" spoken before the rest of their sentence leave the reply
+    its full number of sentences (the word budget still counts them)."""
+    f = ReplyFilter(max_sentences=2)
+    assert f.accept("We have rooms", whole=False) == "We have rooms"
+    assert f.accept("that look over the sea.") == "that look over the sea."
+    assert not f.done
+    assert f.accept("Shall I book one?") == "Shall I book one?"
+    assert f.done
+
+
 def test_bad_max_sentences() -> None:
     with pytest.raises(ValueError):
         ReplyFilter(max_sentences=0)

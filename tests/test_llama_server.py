@@ -1,5 +1,6 @@
 """The embedded llama.cpp server (xllamacpp) with the bundled SmolLM2, driven by OpenAIChat."""
 
+import os
 import re
 import threading
 import time
@@ -10,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from aicallerd.engines.llama_server import EmbeddedLlamaServer, LlamaServerError
+from aicallerd.engines.llama_server import EmbeddedLlamaServer, LlamaServerError, default_threads
 from aicallerd.engines.llm import LLMError, OpenAIChat
 
 SYSTEM = "You are a friendly phone assistant. Answer in one or two short sentences."
@@ -125,8 +126,22 @@ def test_health_and_describe(server: EmbeddedLlamaServer) -> None:
 
     assert "SmolLM2-135M-Instruct" in trio.run(go)
     assert server.describe() == (
-        "llama.cpp (xllamacpp) SmolLM2-135M-Instruct.Q4_1.gguf, 2 threads, ctx 2048"
+        "llama.cpp (xllamacpp) SmolLM2-135M-Instruct.Q4_1.gguf, 2+2 threads, ctx 2048"
     )
+
+
+@pytest.mark.parametrize(
+    ("cores", "threads"), [(1, (1, 1)), (2, (1, 2)), (4, (3, 4)), (16, (4, 4))]
+)
+def test_token_generation_leaves_a_core_to_the_call(
+    monkeypatch: pytest.MonkeyPatch, cores: int, threads: tuple[int, int]
+) -> None:
+    """On 2 cores the LLM writes with one thread: its threads wait for each other after
+    every operation, so sharing a core with the voice or the event loop halves its speed."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert default_threads() == threads
+    srv = EmbeddedLlamaServer()
+    assert (srv.threads, srv.batch_threads) == threads
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path: object) -> None:

@@ -282,3 +282,31 @@ def test_each_chunk_learns_when_its_first_byte_left() -> None:
             break
     assert end - len(s.event.payload) < 4800 < end  # type: ignore[union-attr]  # mid-message
     assert sent_at["c"] == s.t == pytest.approx(0.5)
+
+
+def test_a_sender_woken_late_grows_its_lead_so_the_buffer_does_not_run_dry_again() -> None:
+    """A stall longer than the lead (a busy loop, a slow write) drains Twilio's buffer once;
+    after it the lead is twice the stall, so a second stall like it goes unheard."""
+    stalls = [3, 12]  # the media messages after which the sender loses 250 ms
+
+    class StallingSocket(Socket):
+        async def send(self, data: str) -> None:
+            await super().send(data)
+            if len(self.media()) in stalls:
+                trio.lowlevel.current_clock().jump(0.25)  # type: ignore[attr-defined]
+
+    sock = StallingSocket()
+
+    async def main() -> None:
+        player = Player(sock, lead=LEAD, batch=BATCH, stream_sid="MZ1")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(player.run)
+            player.enqueue_audio(audio(3.0))
+            await trio.sleep(4.0)
+            assert player.clock.lead == pytest.approx(0.3)
+            player.close(1000, "done")
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(sock.audio()) == 3.0 * 8000
+    dry = [before for before, _ in buffer_levels(sock.sent)[1:] if before == 0.0]
+    assert len(dry) == 1  # the first stall only

@@ -171,7 +171,7 @@ def test_long_stream_is_linear_enough() -> None:
 FRAGMENTS = [
     "Hello", " there", ".", " ", "  ", "\n", "!", "?", "...", "…", ",", ":", ";", " —", " -",
     "Dr", "e.g", "a.m", "U.S", "J", "3", ".5", "etc", '"', ")", "**", "ok", " Yes", " no",
-    "1", "\t", "Sure", " I", "x",
+    "1", "\t", "Sure", " I", "x", " and", " that", " is",
 ]  # fmt: skip
 
 
@@ -180,7 +180,9 @@ def squash(text: str) -> str:
 
 
 @pytest.mark.parametrize("seed", range(40))
-@pytest.mark.parametrize("options", [{}, {"min_chars": 8}, {"first_clause_chars": 10}])
+@pytest.mark.parametrize(
+    "options", [{}, {"min_chars": 8}, {"first_clause_chars": 10}, {"first_phrase_words": 2}]
+)
 def test_chunking_never_changes_the_result(seed: int, options: dict[str, int]) -> None:
     rng = random.Random(seed)
     text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 60)))
@@ -201,6 +203,38 @@ def test_a_long_first_clause_is_spoken_before_its_sentence_ends():
         "but we open at nine.",
         "See you then.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "We have plenty of destinations in the world that offer views. Call us.",
+            ["We have plenty of destinations in the world", "that offer views.", "Call us."],
+        ),
+        (  # only the first piece, and only once
+            "Yes. We have rooms and suites and a pool that is open.",
+            ["Yes.", "We have rooms and suites and a pool that is open."],
+        ),
+        (  # never inside a phrase, never after a word that needs what follows
+            "We are open from nine to five. The point is that it works.",
+            ["We are open from nine to five.", "The point is that it works."],
+        ),
+        ("The best way to go is that one.", ["The best way to go is that one."]),
+        ("Sure and that is it.", ["Sure and that is it."]),  # too few words before
+        (  # punctuation first: the clause rule has it
+            "I'm sorry for the confusion, and we open at nine.",
+            ["I'm sorry for the confusion,", "and we open at nine."],
+        ),
+    ],
+)
+def test_a_long_first_sentence_is_cut_before_a_clause_so_its_voice_starts_sooner(
+    text: str, expected: list[str]
+) -> None:
+    s = SentenceSplitter(first_clause_chars=12, long_clause_chars=20, first_phrase_words=4)
+    out = [piece for ch in text for piece in s.feed(ch)] + s.flush()
+    assert out == expected
+    assert out == feed_in_chunks(text, [], first_phrase_words=4, long_clause_chars=20)
 
 
 def test_short_clauses_and_numbers_are_not_cut():

@@ -124,7 +124,7 @@ class Conversation:
         """
         out: list[Action] = []
         frame_end = t + len(pcm) / SAMPLE_RATE
-        self._now, self._speaking = arrived, speaking
+        self._now, self._speaking, self._frame_t = arrived, speaking, t
         self._offset = arrived - frame_end
         for event in self.endpointer.feed(pcm, prob, t, level):
             self._on_endpoint(event, frame_end, out)
@@ -292,6 +292,8 @@ class Conversation:
     def _on_endpoint(self, ev: Event, frame_end: float, out: list[Action]) -> None:
         if isinstance(ev, SpeechStart):
             self._phrase = Phrase(ev.phrase_id, started=self._mono(ev.t))
+            # The speech before the frame that confirmed it (audio() adds that frame's).
+            self._phrase.speech_seconds = max(0.0, self._frame_t - ev.onset)
             self._holding = False  # they are back
             return
         phrase = self._phrase

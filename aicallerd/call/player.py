@@ -7,17 +7,23 @@ gaps. So the sender paces audio against absolute deadlines (the time Twilio's bu
 run dry) and keeps only a small lead queued there. Marks ride in the same queue, right after
 the audio they follow, so an echoed mark tells exactly what the caller has heard.
 
+The lead is what absorbs a late wake-up: a busy event loop (dozens of calls on one node), a
+stalled host or network jitter on the way to Twilio. It starts at 200 ms (at 80 ms, 50 calls
+with cloud engines let 5-10 % of replies run dry for 20-60 ms) and grows for the rest of the
+call when the sender finds itself later than half of it (:meth:`PlaybackClock.late`). A
+larger lead costs the caller nothing: first audio never waits for it, and a barge-in
+``clear`` empties Twilio's buffer whatever it holds.
+
 Each ``media`` message costs the event loop JSON, base64, a WebSocket frame and a socket
 write whatever its length, so the sender does not send one per 20 ms frame. Twilio's buffer
 has a low-water mark (``lead``) and a high-water mark (``lead + batch``): once it has
 fallen to the low-water mark, one message tops it up to the high-water mark with whole
 frames of what is queued. A speaking call then sends 1/``batch`` messages a second (10 at
 the default 100 ms instead of 50), and Twilio never holds more than ``lead + batch`` of
-our audio (180 ms at the defaults; 100 ms with a message per frame), which bounds what a
-barge-in ``clear`` drops and how far a mark echo trails its send. Nothing ever waits to
-fill a message: whatever is queued goes out as soon as the buffer is at or below the
-low-water mark, so a reply's first audio leaves at once and a slow engine's chunks leave
-as they come. A message never runs past a mark.
+our audio (300 ms at the defaults). Nothing ever waits to fill a message: whatever is
+queued goes out as soon as the buffer is at or below the low-water mark, so a reply's first
+audio leaves at once and a slow engine's chunks leave as they come. A message never runs
+past a mark.
 
 ``batch`` = 100 ms by measurement (``python -m bench.player_send``: the sending loop's CPU
 per second of audio over a loopback trio-websocket is about 6.1 ms at 20 ms messages,
@@ -37,8 +43,10 @@ from typing import Protocol
 
 import trio
 
+from aicallerd.call.settings import DEFAULT_LEAD
 from aicallerd.twilio import media
 
+MAX_LEAD = 1.0  # what a lead grown by late wake-ups stops at
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 FRAME_SECONDS = 0.02
 BYTES_PER_SECOND = 8000
@@ -51,6 +59,7 @@ log = logging.getLogger("aicallerd.call")
 class _Audio:
     payload: bytes
     on_sent: Callable[[float], None] | None = None
+    queued_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -68,9 +77,10 @@ class PlaybackClock:
     real time.
     """
 
-    lead: float = 0.08
+    lead: float = DEFAULT_LEAD
     batch: float = 0.1
     buffer_end: float = 0.0
+    max_lead: float = MAX_LEAD
 
     def send_at(self, now: float) -> float:
         """Earliest time the next audio may be sent."""
@@ -91,6 +101,14 @@ class PlaybackClock:
 
     def reset(self, now: float) -> None:
         self.buffer_end = now
+
+    def late(self, now: float, ready: float) -> None:
+        """The next audio could have gone at ``ready`` and goes at ``now``. A sender later
+        than half the lead would soon let the buffer run dry, so the lead becomes twice
+        that lateness (up to ``max_lead``): a loop that stalled once will stall again."""
+        lateness = now - ready
+        if lateness > self.lead / 2:
+            self.lead = min(self.max_lead, max(self.lead, 2 * lateness))
 
 
 class Transport(Protocol):
@@ -114,7 +132,7 @@ class Player:
         self,
         transport: Transport,
         *,
-        lead: float = 0.08,
+        lead: float = DEFAULT_LEAD,
         batch: float = 0.1,
         stream_sid: str = "",
         write_timeout: float = 5.0,
@@ -143,7 +161,7 @@ class Player:
         """
         if self._close is not None or not ulaw:
             return
-        self._queue.append(_Audio(ulaw, on_sent))
+        self._queue.append(_Audio(ulaw, on_sent, trio.current_time()))
         self._wakeup.set()
 
     def enqueue_mark(self, name: str) -> None:
@@ -245,6 +263,11 @@ class Player:
                 with trio.move_on_at(due):
                     await self._wakeup.wait()  # a clear or close may not wait for pacing
                 continue
+            # When it could have gone: once queued, and once the buffer fell to the lead.
+            ready = self.clock.buffer_end - self.clock.lead
+            if self._head_sent == 0:
+                ready = max(ready, item.queued_at)
+            self.clock.late(now, ready)
             payload, callbacks = self._take(self.clock.room(now))
             clears = self._clears
             await self._send(media.media_message(self.stream_sid, payload))

@@ -21,10 +21,13 @@ from aicallerd.call.actions import Spoken
 from aicallerd.call.metrics import TurnLegs
 from aicallerd.call.player import Gate, Player
 from aicallerd.call.settings import ReplySettings
+from aicallerd.engines.deadline import DUE
 from aicallerd.engines.llm import ChatClient
 from aicallerd.engines.tts import Synthesizer
 from aicallerd.text.guardrail import ReplyFilter
 from aicallerd.text.sentences import SentenceSplitter
+
+SECONDS_PER_CHAR = 0.05  # of speech, about: Piper's joe-medium says 52 characters in 2.66 s
 
 
 def trim_leading_silence(ulaw: bytes, threshold: int = 200, keep: int = 80) -> bytes:
@@ -74,7 +77,12 @@ async def _generate(
     t0: float,
     out: trio.MemorySendChannel[str],
 ) -> None:
-    splitter = SentenceSplitter(first_clause_chars=12, long_clause_chars=settings.clause_chars)
+    splitter = SentenceSplitter(
+        first_clause_chars=12,
+        long_clause_chars=settings.clause_chars,
+        first_phrase_words=settings.phrase_words,
+    )
+    first = True
     stream = llm.stream_chat(
         list(messages), max_tokens=settings.max_tokens, temperature=settings.temperature
     )
@@ -85,7 +93,9 @@ async def _generate(
             if legs.llm_first_token is None:
                 legs.llm_first_token = trio.current_time() - t0
             for sentence in splitter.feed(delta):
-                if not await _offer(sentence, reply_filter, legs, t0, out):
+                whole = not (first and splitter.first_piece_partial)
+                first = False
+                if not await _offer(sentence, reply_filter, legs, t0, out, whole=whole):
                     return
             if reply_filter.refuses_length(splitter.pending_words):
                 return  # the sentence being written can never be spoken: stop the LLM now
@@ -100,9 +110,11 @@ async def _offer(
     legs: TurnLegs,
     t0: float,
     out: trio.MemorySendChannel[str],
+    *,
+    whole: bool = True,
 ) -> bool:
     """Pass one sentence through the guardrail; False once the reply must stop."""
-    cleaned = reply_filter.accept(sentence)
+    cleaned = reply_filter.accept(sentence, whole=whole)
     if cleaned:
         if legs.first_sentence is None:
             legs.first_sentence = trio.current_time() - t0
@@ -110,7 +122,10 @@ async def _offer(
     return not reply_filter.done
 
 
-async def _render(tts: Synthesizer, text: str, out: trio.MemorySendChannel[bytes]) -> None:
+async def _render(
+    tts: Synthesizer, text: str, due: float, out: trio.MemorySendChannel[bytes]
+) -> None:
+    DUE.set(due)  # this task's: a voice every call shares serves the most urgent first
     async with out, aclosing(tts.stream_ulaw(text)) as chunks:
         async for chunk in chunks:
             await out.send(chunk)
@@ -124,12 +139,21 @@ async def _prefetch(
 ) -> None:
     """Start each sentence's synthesis as soon as it is written, so the next sentence's
     first audio (a cloud voice's first byte, 150-300 ms) is not waited for after the
-    current one has played out: that wait was an audible gap after a short first clause."""
+    current one has played out: that wait was an audible gap after a short first clause.
+
+    Each is due when the reply's speech before it would have played out had the reply's
+    first words been heard at once: the first sentence now, later ones after their
+    predecessors' estimated length."""
+    start: float | None = None
+    ahead = 0.0  # seconds of speech before this sentence, by its text
     async with sentences, rendered:
         async for text in sentences:
+            now = trio.current_time()
+            start = now if start is None else start
             send, receive = trio.open_memory_channel[bytes](math.inf)
-            nursery.start_soon(_render, tts, text, send)
-            await rendered.send((text, trio.current_time(), receive))
+            nursery.start_soon(_render, tts, text, start + ahead, send)
+            ahead += len(text) * SECONDS_PER_CHAR
+            await rendered.send((text, now, receive))
 
 
 async def _synthesize(

@@ -15,6 +15,9 @@ from aicallerd.config import Config
 from aicallerd.configschema import CallConfig, TurnConfig
 from aicallerd.endpointer import EndpointerSettings
 
+# Seconds of our audio Twilio holds before the next message (aicallerd.call.player).
+DEFAULT_LEAD = 0.2
+
 
 @dataclass(frozen=True)
 class ReplySettings:
@@ -23,6 +26,7 @@ class ReplySettings:
     max_sentences: int = 3
     max_words: int = CallConfig.max_reply_words
     clause_chars: int = 20  # a first clause this long is spoken before its sentence ends
+    phrase_words: int = 4  # a first sentence is cut before a phrase after this many words
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class CallSettings:
     reply_seconds: float = CallConfig.reply_seconds
     transcribe_seconds: float = CallConfig.transcribe_seconds
     handshake_timeout: float = 10.0
-    player_lead: float = 0.08
+    player_lead: float = DEFAULT_LEAD
     # Twilio sends a frame every 20 ms, silence included, and reads what we send: a stream
     # quiet (or not reading) this long is a dead or hostile peer, and the call ends.
     media_timeout: float = 5.0

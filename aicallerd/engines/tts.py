@@ -27,6 +27,7 @@ from aicallerd.audio.mulaw import ulaw_encode
 from aicallerd.audio.resample import float_to_pcm16, resample
 from aicallerd.cputime import call_charged, run_named
 from aicallerd.engines import bundled
+from aicallerd.engines.deadline import DeadlineLimiter
 from aicallerd.engines.transcode import decode_to_ulaw
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,11 @@ class PiperTTS:
         self._syn_config: Any = None
         self._name = voice
         self._load_lock = threading.Lock()
-        self._limiter = trio.CapacityLimiter(1)
+        self._limiter = DeadlineLimiter(1)
 
     @property
-    def limiter(self) -> trio.CapacityLimiter:
-        """The limiter that serialises Piper calls."""
+    def limiter(self) -> DeadlineLimiter:
+        """Serialises Piper calls, the most urgent first (``deadline.DUE``)."""
         return self._limiter
 
     def _resolve(self) -> tuple[Path, Path]:

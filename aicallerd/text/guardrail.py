@@ -198,6 +198,7 @@ class ReplyFilter:
         self.max_sentences = max_sentences
         self.max_words = max_words
         self._words = 0
+        self._sentences = 0
         self.done = False
         self._previous = [f"{p} " for p in map(_normalize, previous_replies) if p]
         self._accepted: list[str] = []
@@ -218,7 +219,9 @@ class ReplyFilter:
         still being written that long can stop being generated now."""
         return bool(self._accepted) and self._words + words > self.max_words
 
-    def accept(self, sentence: str) -> str | None:
+    def accept(self, sentence: str, *, whole: bool = True) -> str | None:
+        """``whole=False``: a reply's opening clause or phrase, spoken ahead of the rest of
+        its sentence; it counts toward ``max_words`` but not ``max_sentences``."""
         if self.done:
             return None
         if _OTHER_ROLE.match(sentence):
@@ -245,6 +248,7 @@ class ReplyFilter:
         self._seen.add(norm)
         self._accepted.append(text)
         self._words += words
-        if len(self._accepted) >= self.max_sentences or self._words >= self.max_words:
+        self._sentences += whole
+        if self._sentences >= self.max_sentences or self._words >= self.max_words:
             self.done = True
         return text

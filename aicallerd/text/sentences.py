@@ -19,6 +19,12 @@ Where it cuts:
   ("Sure,", "Okay:", "Well —"): 1-3 words of at most that many characters before ``,``,
   ``;``, ``:`` or a dash followed by whitespace. Only the first piece of a reply; it is
   emitted even if shorter than ``min_chars``.
+- optionally (``first_phrase_words > 0``) before a word that opens a clause ("that", "and",
+  "because", "with", ...) once the first piece has that many words and no punctuation has
+  come: "We have plenty of destinations | that offer mountain views." Piper's time to first audio
+  grows with the text (65 ms per second of speech on an idle core, 3-4x that on a busy
+  one), so a long first sentence held the reply's first audio by 0.5-0.7 s. The cut falls
+  where a speaker may breathe, never inside a phrase ("nine to five", "is | that").
 
 Pieces shorter than ``min_chars`` (after stripping) are not emitted alone; they are joined to
 the next piece. Emitted pieces have their whitespace collapsed to single spaces.
@@ -52,6 +58,16 @@ _DOTTED = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")
 _ENUMERATOR = re.compile(r"\(?(?:\d{1,3}|[A-Za-z])[.)]")
 _SPACES = re.compile(r"\s+")
 _OPENERS = "\"'([{«“‘*"
+# Words a new phrase starts with: a first piece may be cut before one of them.
+_PHRASE_STARTERS = frozenset(
+    "that which who whom whose where when while because since so and but or if unless until "
+    "although though whether with without like including".split()
+)
+# ...but not after a word that needs what follows it ("is | to practice", "the | way").
+_NEEDS_MORE = frozenset(
+    "is are was were be been being am a an the to of my your our their his her its this "
+    "these those very not".split()
+)
 
 
 def _collapse(text: str) -> str:
@@ -62,14 +78,20 @@ class SentenceSplitter:
     """Streaming sentence splitter for LLM token deltas (see the module docstring)."""
 
     def __init__(
-        self, min_chars: int = 1, first_clause_chars: int = 0, long_clause_chars: int = 0
+        self,
+        min_chars: int = 1,
+        first_clause_chars: int = 0,
+        long_clause_chars: int = 0,
+        first_phrase_words: int = 0,
     ) -> None:
         self.min_chars = min_chars
         self.first_clause_chars = first_clause_chars
         self.long_clause_chars = long_clause_chars
+        self.first_phrase_words = first_phrase_words
         self._buf = ""
         self._scan = 0  # everything before this index was judged "no boundary"
         self._emitted_any = False
+        self.first_piece_partial = False  # the reply's first piece is a clause or phrase
 
     @property
     def pending_words(self) -> int:
@@ -86,7 +108,7 @@ class SentenceSplitter:
         rest = _collapse(self._buf)
         self._buf = ""
         self._scan = 0
-        self._emitted_any = False
+        self._emitted_any = self.first_piece_partial = False
         return [rest] if rest else []
 
     # --- internals ------------------------------------------------------------------------
@@ -132,6 +154,15 @@ class SentenceSplitter:
                     continue
                 i = end
                 continue
+            if c.isspace() and self.first_phrase_words > 0 and not self._emitted_any:
+                cut = self._phrase_cut(buf, i)
+                if cut is not None:
+                    out.append(_collapse(buf[:cut]))
+                    self._emitted_any = self.first_piece_partial = True
+                    buf = buf[cut:]
+                    n = len(buf)
+                    i = 0
+                    continue
             clause = None
             if (
                 self.first_clause_chars > 0 or self.long_clause_chars > 0
@@ -143,7 +174,7 @@ class SentenceSplitter:
                     break
                 if verdict in ("next", "newline"):
                     out.append(clause)
-                    self._emitted_any = True
+                    self._emitted_any = self.first_piece_partial = True
                     buf = buf[nxt:] if verdict == "next" else buf[i + 1 :]
                     n = len(buf)
                     i = 0
@@ -202,6 +233,22 @@ class SentenceSplitter:
         if _ENUMERATOR.fullmatch(piece):
             return False  # "1. Milk": a list marker, not a sentence
         return True
+
+    def _phrase_cut(self, buf: str, i: int) -> int | None:
+        """Where to cut the first piece when buf[i] is the space after a word that opens a
+        phrase and at least ``first_phrase_words`` words come before it: that word's start."""
+        start = i
+        while start > 0 and not buf[start - 1].isspace():
+            start -= 1
+        if buf[start:i].lower() not in _PHRASE_STARTERS:
+            return None
+        head = buf[:start]
+        words = head.split()
+        if "\n" in head or len(words) < self.first_phrase_words:
+            return None
+        if words[-1].lower() in _NEEDS_MORE:
+            return None
+        return start
 
     def _first_clause(self, buf: str, i: int) -> str | None:
         """The opening interjection (or long clause) ending at buf[i], or None."""
