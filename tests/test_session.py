@@ -7,6 +7,7 @@ Each test asserts what a caller would hear or an operator would read in the call
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import wave
 from pathlib import Path
@@ -36,6 +37,8 @@ from aicallerctl.testcall import Utterance, _trim_turn_audio
 from aicallerd.audio.mulaw import ulaw_encode
 from aicallerd.call.lines import FALLBACK_LINE
 from aicallerd.call.reply import SECONDS_PER_CHAR
+from aicallerd.call.settings import call_settings
+from aicallerd.config import load_config
 from aicallerd.twilio import media
 from bench.frames import reply_timing
 
@@ -750,6 +753,36 @@ def test_malformed_and_unexpected_frames_are_ignored(caplog: pytest.LogCaptureFi
 
 
 # -- 8. playback pacing --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("engine", "pieces"),
+    [
+        ("piper", ["Yes,", "there is free parking behind the building.", "Just follow the signs."]),
+        (
+            "elevenlabs",
+            ["Yes, there is free parking behind the building.", "Just follow the signs."],
+        ),
+    ],
+)
+def test_a_cloud_voice_never_gets_a_first_piece_too_short_to_cover_its_next_request(
+    engine: str, pieces: list[str]
+) -> None:
+    """Piper says "Yes," while the model writes on; a cloud voice answers every request after
+    its first-byte delay, so "Yes," alone would leave a gap after it: it goes with its
+    sentence."""
+    cfg = load_config(None, {})
+    cfg = dataclasses.replace(cfg, tts=dataclasses.replace(cfg.tts, engine=engine))
+    reply = call_settings(cfg).reply
+    llm = FakeLLM({"w1 w2 w3": " ".join(pieces)})
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await settle(h)
+
+    h = run_call(caller, call_settings=settings(reply=reply), llm=llm)
+    assert [seg.label for seg in h.segments()] == pieces
 
 
 def test_each_sentence_asks_the_voice_for_it_by_when_it_will_be_heard() -> None:

@@ -78,7 +78,8 @@ async def _generate(
     out: trio.MemorySendChannel[str],
 ) -> None:
     splitter = SentenceSplitter(
-        first_clause_chars=12,
+        min_chars=settings.min_piece_chars,
+        first_clause_chars=settings.interjection_chars,
         long_clause_chars=settings.clause_chars,
         first_phrase_words=settings.phrase_words,
     )

@@ -27,6 +27,14 @@ class ReplySettings:
     max_words: int = CallConfig.max_reply_words
     clause_chars: int = 20  # a first clause this long is spoken before its sentence ends
     phrase_words: int = 4  # a first sentence is cut before a phrase after this many words
+    interjection_chars: int = 12  # "Sure," alone first (0: never alone)
+    min_piece_chars: int = 1  # shorter pieces join the next one
+
+
+# A voice behind an HTTP request per piece answers each after its first-byte delay (150-300
+# ms), whatever the length: "Yes," (0.3 s of speech) alone ran out before the next piece's
+# first audio came, an audible gap, while joining it cost only the LLM's next few words.
+CLOUD_VOICE_PIECES: dict[str, int] = {"interjection_chars": 0, "min_piece_chars": 16}
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ def call_settings(cfg: Config) -> CallSettings:
             max_tokens=cfg.llm.max_tokens,
             temperature=cfg.llm.temperature,
             max_words=cfg.call.max_reply_words,
+            **(CLOUD_VOICE_PIECES if cfg.tts.engine != "piper" else {}),
         ),
         system_prompt=cfg.llm.system_prompt,
         greeting=cfg.call.greeting,

@@ -246,7 +246,7 @@ class SentenceSplitter:
         words = head.split()
         if "\n" in head or len(words) < self.first_phrase_words:
             return None
-        if words[-1].lower() in _NEEDS_MORE:
+        if words[-1].lower() in _NEEDS_MORE or not self._long_enough(_collapse(head)):
             return None
         return start
 
