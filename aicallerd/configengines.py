@@ -92,7 +92,7 @@ class SttConfig(Section):
         0,
         number(int, 0),
         restart=True,
-        comment="CPU threads for Whisper; 0 = one per core, at most 4.",
+        comment="CPU threads for Whisper; 0 = one per core but one, at most 4.",
     )
 
 

@@ -245,10 +245,11 @@ class TurnConfig(Section):
         comment="RMS level (int16 scale) a frame needs to count as speech, with either vad.",
     )
     chunk_silence_seconds: float = key(
-        0.2,
+        0.12,
         number(float, 0, above=True),
         env="CHUNK_SILENCE_DURATION_SECONDS",
-        comment="A pause this long ends a chunk, which is transcribed while the caller goes on.",
+        comment="A pause this long: the phrase so far is transcribed and, with speculative, "
+        "its reply prepared, held back until the turn ends (dropped if the caller goes on).",
     )
     done_speaking_silence_seconds: float = key(
         0.6,

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from aicallerd.call.lines import FALLBACK_LINE
 from aicallerd.call.metrics import LEG_NAMES as LEGS
 from aicallerd.call.metrics import percentile
 from bench import frames as fr
@@ -98,6 +99,12 @@ class TurnMetrics:
     timing: fr.FrameTiming = field(default_factory=fr.FrameTiming)
     onset_to_clear_ms: float | None = None  # barge-in turns: first speech frame -> clear
     talking_over_agent: bool | None = None  # barge-in turns: agent audible until the clear
+
+    @property
+    def apology(self) -> bool:
+        """The daemon said its pre-rendered apology (no usable reply): not an answer, so
+        its latency (a canned line, ready at once) is kept out of the voice-to-voice figures."""
+        return bool(self.agent) and self.agent.startswith(FALLBACK_LINE)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -274,7 +281,13 @@ async def calls_at_once(daemon: Daemon, scripts: list[list[Said]], stagger: floa
 # -- modes ---------------------------------------------------------------------------------
 
 
+def answered(turns: list[TurnMetrics]) -> list[TurnMetrics]:
+    """The turns the model answered (see ``TurnMetrics.apology``)."""
+    return [t for t in turns if not t.apology]
+
+
 def _legs_rows(turns: list[TurnMetrics]) -> list[list[object]]:
+    turns = answered(turns)
     rows: list[list[object]] = []
     for leg in LEGS:
         values = [t.legs.get(leg) for t in turns if t.legs]
@@ -410,7 +423,9 @@ def report_conversation(res: dict[str, Any], cfg: dict[str, Any]) -> str:
         f"End-of-turn silence threshold: **{cfg.get('done_speaking_ms', '?')} ms** "
         f"(`turn.done_speaking_silence_seconds`); chunk pause {cfg.get('chunk_ms', '?')} ms; "
         f"speculative turns: {cfg.get('speculative', '?')} "
-        f"({sum(t.speculative for t in turns)} of {len(turns)} turns logged as speculative).",
+        f"({sum(t.speculative for t in turns)} of {len(turns)} turns logged as speculative). "
+        f"Apologies (no usable reply; left out of the latency rows): "
+        f"{len(turns) - len(answered(turns))}.",
         "",
         table(STAT_HEADER, _legs_rows(turns)),
         "",
@@ -501,10 +516,11 @@ def report_concurrency(res: dict[str, Any]) -> str:
     for n, level in res["levels"].items():
         outcomes: list[CallOutcome] = level["outcomes"]
         turns = [t for o in outcomes for t in o.turns]
-        replies = [t for t in turns if t.v2v_frame_ms is not None]
-        frame = [t.v2v_frame_ms for t in turns if t.v2v_frame_ms is not None]
-        heard = [t.v2v_heard_ms for t in turns if t.v2v_heard_ms is not None]
-        daemon = [v for t in turns if (v := t.legs.get("voice_to_voice")) is not None]
+        said = answered(turns)
+        replies = [t for t in said if t.v2v_frame_ms is not None]
+        frame = [t.v2v_frame_ms for t in replies]
+        heard = [t.v2v_heard_ms for t in said if t.v2v_heard_ms is not None]
+        daemon = [v for t in said if (v := t.legs.get("voice_to_voice")) is not None]
         leads = [t.timing.lead_min_ms for t in replies if t.timing.lead_min_ms is not None]
         jit = [t.timing.jitter_ms for t in replies if t.timing.jitter_ms is not None]
         gaps = [t.gap_ms for t in replies]
@@ -514,6 +530,7 @@ def report_concurrency(res: dict[str, Any]) -> str:
             [
                 n,
                 f"{len(replies)}/{len(turns)}",
+                len(turns) - len(said),
                 len(fails),
                 ms(percentile(frame, 50)),
                 ms(percentile(frame, 95)),
@@ -536,6 +553,7 @@ def report_concurrency(res: dict[str, Any]) -> str:
     header = [
         "N",
         "replies",
+        "apologies",
         "failures",
         "v2v caller p50",
         "p95",
@@ -760,10 +778,12 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "conversation" in results:
         turns = [t for o in results["conversation"]["outcomes"] for t in o.turns]
+        replies = answered(turns)
         out["conversation"] = {
-            **{f"daemon_{leg}": _p([t.legs.get(leg) for t in turns]) for leg in LEGS},
-            "caller_v2v_frame": _p([t.v2v_frame_ms for t in turns]),
-            "caller_v2v_heard": _p([t.v2v_heard_ms for t in turns]),
+            **{f"daemon_{leg}": _p([t.legs.get(leg) for t in replies]) for leg in LEGS},
+            "caller_v2v_frame": _p([t.v2v_frame_ms for t in replies]),
+            "caller_v2v_heard": _p([t.v2v_heard_ms for t in replies]),
+            "apologies": len(turns) - len(replies),
             "starved_ms_total": sum(t.timing.starved_ms or 0 for t in turns),
             "underruns": sum(t.underruns for t in turns),
             "cpu_legs": results["conversation"]["cpu"].get("legs"),
@@ -772,9 +792,11 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         out["concurrency"] = {}
         for n, level in results["concurrency"]["levels"].items():
             turns = [t for o in level["outcomes"] for t in o.turns]
+            replies = answered(turns)
             out["concurrency"][str(n)] = {
-                "caller_v2v_frame": _p([t.v2v_frame_ms for t in turns]),
-                "caller_v2v_heard": _p([t.v2v_heard_ms for t in turns]),
+                "caller_v2v_frame": _p([t.v2v_frame_ms for t in replies]),
+                "caller_v2v_heard": _p([t.v2v_heard_ms for t in replies]),
+                "apologies": len(turns) - len(replies),
                 "starved_ms_total": sum(t.timing.starved_ms or 0 for t in turns),
                 "underruns": sum(t.underruns for t in turns),
                 "failures": len(_failures(level["outcomes"])),

@@ -45,7 +45,7 @@ def test_defaults() -> None:
     assert c.call.store_all_response_audio is False
     assert c.call.greeting.startswith("Hello! You've reached")
     assert c.turn.vad == "silero"
-    assert c.turn.chunk_silence_seconds == 0.2
+    assert c.turn.chunk_silence_seconds == 0.12
     assert c.turn.done_speaking_silence_seconds == 0.6
     assert c.turn.barge_in is True and c.turn.speculative is True
     assert c.turn.barge_in_min_words == 0

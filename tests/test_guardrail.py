@@ -198,6 +198,22 @@ def test_an_opening_clause_spoken_ahead_does_not_use_up_a_sentence() -> None:
     assert f.done
 
 
+def test_the_rest_of_a_sentence_whose_opening_was_refused_is_not_spoken_alone() -> None:
+    """A boilerplate opening cut ahead of its sentence takes the rest with it: the caller
+    must not hear "with written text and translation." out of nowhere."""
+    f = ReplyFilter()
+    assert f.accept("I'm an AI language model", whole=False) is None
+    assert f.accept("with written text and translation.") is None
+    assert f.accept("How can I help?") == "How can I help?"
+    assert f.spoken_text == "How can I help?"
+
+
+def test_the_rest_after_an_as_an_ai_clause_is_the_answer() -> None:
+    f = ReplyFilter()
+    assert f.accept("As an AI language model,", whole=False) is None
+    assert f.accept("I can book that table for you.") == "I can book that table for you."
+
+
 def test_bad_max_sentences() -> None:
     with pytest.raises(ValueError):
         ReplyFilter(max_sentences=0)

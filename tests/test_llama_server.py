@@ -125,8 +125,10 @@ def test_health_and_describe(server: EmbeddedLlamaServer) -> None:
             return await chat(server, client).health()
 
     assert "SmolLM2-135M-Instruct" in trio.run(go)
+    # The bundled Q4_1 runs as its cached Q8_0 copy (aicallerd.engines.gguf_q8).
+    assert server.model_name == "SmolLM2-135M-Instruct.Q8_0"
     assert server.describe() == (
-        "llama.cpp (xllamacpp) SmolLM2-135M-Instruct.Q4_1.gguf, 2+2 threads, ctx 2048"
+        "llama.cpp (xllamacpp) SmolLM2-135M-Instruct.Q8_0 (from Q4_1), 2+2 threads, ctx 2048"
     )
 
 

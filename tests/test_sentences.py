@@ -210,8 +210,13 @@ def test_a_long_first_clause_is_spoken_before_its_sentence_ends():
     [
         (
             "We have plenty of destinations in the world that offer views. Call us.",
-            ["We have plenty of destinations in the world", "that offer views.", "Call us."],
+            ["We have plenty of destinations", "in the world that offer views.", "Call us."],
         ),
+        (  # before a prepositional phrase too
+            "I'm here to assist you in any way I can!",
+            ["I'm here to assist you", "in any way I can!"],
+        ),
+        ("The rooms we have are in the old town.", ["The rooms we have are in the old town."]),
         (  # only the first piece, and only once
             "Yes. We have rooms and suites and a pool that is open.",
             ["Yes.", "We have rooms and suites and a pool that is open."],
@@ -235,6 +240,23 @@ def test_a_long_first_sentence_is_cut_before_a_clause_so_its_voice_starts_sooner
     out = [piece for ch in text for piece in s.feed(ch)] + s.flush()
     assert out == expected
     assert out == feed_in_chunks(text, [], first_phrase_words=4, long_clause_chars=20)
+
+
+def test_after_a_lone_interjection_the_sentence_behind_it_is_cut_early_too() -> None:
+    """ "Sorry," lasts 0.4 s: a long sentence behind it, written and voiced whole, would
+    leave a gap after it."""
+    text = "Sorry, but as a travel agent I can help you with flights and hotels. Call us."
+    options = {"first_clause_chars": 20, "long_clause_chars": 20, "first_phrase_words": 4}
+    expected = [
+        "Sorry,",
+        "but as a travel agent I can help you",
+        "with flights and hotels.",
+        "Call us.",
+    ]
+    assert feed_in_chunks(text, [], **options) == expected
+    splitter = SentenceSplitter(**options)
+    assert [p for ch in text for p in splitter.feed(ch)] == expected[:3]
+    assert splitter.partial_pieces == 2
 
 
 def test_short_clauses_and_numbers_are_not_cut():

@@ -100,7 +100,7 @@ def test_a_sentence_too_long_for_the_reply_stops_the_llm_while_it_is_written() -
 
     h = run_call(caller, llm=llm)
     # (the first sentence's opening phrase is spoken ahead of it)
-    opening, rest = "We are open from nine to five on weekdays", "and until two on Saturdays."
+    opening, rest = "We are open from nine to five", "on weekdays and until two on Saturdays."
     assert f"{opening} {rest}" == first
     assert labels(h.segments()) == [(opening, True), (rest, True)]
     (request,) = llm.requests

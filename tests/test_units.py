@@ -116,6 +116,7 @@ def test_unit_essentials():
     assert int(s["TimeoutStopSec"][0]) > 30  # longer than the call drain grace
     assert s["RuntimeDirectory"] == ["aicaller"] and s["RuntimeDirectoryMode"] == ["0750"]
     assert s["StateDirectory"] == ["aicaller"]
+    assert s["CacheDirectory"] == ["aicaller"]  # $CACHE_DIRECTORY: the Q8_0 copy of the model
     assert s["User"] == ["aicaller"] and s["Group"] == ["aicaller"]
     env = " ".join(s["Environment"])
     assert "ORT_DISABLE_TELEMETRY=1" in env and "HF_HUB_OFFLINE=1" in env

@@ -83,7 +83,7 @@ async def _generate(
         long_clause_chars=settings.clause_chars,
         first_phrase_words=settings.phrase_words,
     )
-    first = True
+    pieces = 0
     stream = llm.stream_chat(
         list(messages), max_tokens=settings.max_tokens, temperature=settings.temperature
     )
@@ -94,8 +94,8 @@ async def _generate(
             if legs.llm_first_token is None:
                 legs.llm_first_token = trio.current_time() - t0
             for sentence in splitter.feed(delta):
-                whole = not (first and splitter.first_piece_partial)
-                first = False
+                whole = pieces >= splitter.partial_pieces  # clauses and phrases come first
+                pieces += 1
                 if not await _offer(sentence, reply_filter, legs, t0, out, whole=whole):
                     return
             if reply_filter.refuses_length(splitter.pending_words):

@@ -10,8 +10,12 @@ Loopback is not private: any local user (or a process of another service) could 
 and drive the model. So every start draws a fresh random API key; llama.cpp refuses
 requests without ``Authorization: Bearer <key>`` with 401 (all but /health, /v1/models
 included), and the key is masked in our logs.
+
+The bundled model ships as Q4_1, whose kernels are slow on x86: it runs as a Q8_0 copy made
+once and cached on disk (`aicallerd.engines.gguf_q8`), or as shipped if that copy fails.
 """
 
+import contextlib
 import logging
 import os
 import secrets
@@ -24,7 +28,7 @@ from typing import Any
 import httpx
 
 from aicallerd import logs
-from aicallerd.engines import bundled
+from aicallerd.engines import bundled, gguf_q8
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,10 @@ class EmbeddedLlamaServer:
 
     `start()` blocks for the model load (~0.4 s for SmolLM2-135M) and xllamacpp holds
     the GIL meanwhile, so the trio loop stalls that long even when it runs in a worker
-    thread: do it at startup. `close()` stops the server. Also a context manager. Clients
-    must send `api_key`: ``OpenAIChat(srv.base_url, srv.model_name, http, api_key=srv.api_key)``.
+    thread: do it at startup. The first start with the bundled model also waits ~6 s for
+    its Q8_0 conversion, in a child process: that wait leaves the GIL free. `close()` stops
+    the server. Also a context manager. Clients must send `api_key`:
+    ``OpenAIChat(srv.base_url, srv.model_name, http, api_key=srv.api_key)``.
     """
 
     def __init__(
@@ -81,7 +87,7 @@ class EmbeddedLlamaServer:
         self._server: Any = None
         self._base_url: str | None = None
         self._api_key: str | None = None
-        self._path: Path | None = None
+        self._path: Path | None = None  # the file llama.cpp runs (a Q8_0 copy of the bundled)
         self._lock = threading.Lock()
 
     def _resolve(self) -> Path:
@@ -97,16 +103,20 @@ class EmbeddedLlamaServer:
 
     @property
     def model_name(self) -> str:
-        """Name the server reports for its model (the GGUF file name without .gguf)."""
-        path = self._path or self._resolve()
-        return path.name.removesuffix(".gguf")
+        """Name the server reports for its model: the GGUF file name without .gguf, e.g.
+        "SmolLM2-135M-Instruct.Q8_0" for the bundled model once started (its cached Q8_0
+        copy), "SmolLM2-135M-Instruct.Q4_1" before or when the conversion failed."""
+        return gguf_q8.model_name(self._path or self._resolve())
 
     def start(self) -> None:
         """Load the model and start serving; idempotent."""
         with self._lock:
             if self._server is not None:
                 return
-            path = self._resolve()
+            source = self._resolve()
+            path = source
+            if self.model_path == "bundled":
+                path = gguf_q8.cached_q8(source)  # a child process; this thread only waits
             try:
                 import xllamacpp
             except ImportError as exc:
@@ -114,8 +124,6 @@ class EmbeddedLlamaServer:
                     "the Python package 'xllamacpp' is not installed (pip install xllamacpp)"
                 ) from exc
             params = xllamacpp.CommonParams()
-            params.model.path = str(path)
-            params.model_alias = {path.name.removesuffix(".gguf")}
             params.n_ctx = self.ctx_size * self.parallel  # llama.cpp splits n_ctx per slot
             params.n_parallel = self.parallel
             params.cpuparams.n_threads = self.threads
@@ -139,9 +147,16 @@ class EmbeddedLlamaServer:
             params.verbosity = _CHATTY if log.isEnabledFor(logging.DEBUG) else _QUIET
             started = time.monotonic()
             try:
-                server = xllamacpp.Server(params)
-            except Exception as exc:
-                raise LlamaServerError(f"llama.cpp could not load {path}: {exc}") from exc
+                server = _load(xllamacpp, params, path)
+            except LlamaServerError as exc:
+                if path == source:
+                    raise
+                # A damaged cached copy must not stop the daemon; the next start converts again.
+                log.warning("%s; running %s as shipped", exc, source.name)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                path = source
+                server = _load(xllamacpp, params, path)
             base_url = str(server.listening_address).rstrip("/")
             _wait_until_serving(base_url)
             self.load_seconds = time.monotonic() - started
@@ -182,11 +197,14 @@ class EmbeddedLlamaServer:
         return self._server is not None
 
     def describe(self) -> str:
-        """E.g. "llama.cpp (xllamacpp) SmolLM2-135M-Instruct.Q4_1.gguf, 1+2 threads, ctx 2048"
-        (generation + prompt threads)."""
+        """E.g. "llama.cpp (xllamacpp) SmolLM2-135M-Instruct.Q8_0 (from Q4_1), 1+2 threads,
+        ctx 2048" (generation + prompt threads); the file name of any other GGUF, and of the
+        bundled one before start or when it runs unconverted (...Q4_1.gguf)."""
         name = (self._path or Path(self.model_path)).name
         if self.model_path == "bundled" and self._path is None:
             name = bundled.LLM_GGUF_NAME
+        elif self.model_path == "bundled" and gguf_q8.is_converted(Path(name)):
+            name = f"{gguf_q8.model_name(Path(name))} (from {gguf_q8.SOURCE_TYPE})"
         threads = f"{self.threads}+{self.batch_threads} threads"
         return f"llama.cpp (xllamacpp) {name}, {threads}, ctx {self.ctx_size}"
 
@@ -201,6 +219,16 @@ class EmbeddedLlamaServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _load(xllamacpp: Any, params: Any, path: Path) -> Any:
+    """Start `xllamacpp.Server` on ``path``, served under its `gguf_q8.model_name`."""
+    params.model.path = str(path)
+    params.model_alias = {gguf_q8.model_name(path)}
+    try:
+        return xllamacpp.Server(params)
+    except Exception as exc:
+        raise LlamaServerError(f"llama.cpp could not load {path}: {exc}") from exc
 
 
 def _wait_until_serving(base_url: str) -> None:

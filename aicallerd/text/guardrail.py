@@ -204,6 +204,7 @@ class ReplyFilter:
         self._accepted: list[str] = []
         self._seen: set[str] = set()
         self._so_far = ""
+        self._orphan = False  # the next piece ends a sentence whose opening was refused
 
     @property
     def spoken_text(self) -> str:
@@ -221,14 +222,21 @@ class ReplyFilter:
 
     def accept(self, sentence: str, *, whole: bool = True) -> str | None:
         """``whole=False``: a reply's opening clause or phrase, spoken ahead of the rest of
-        its sentence; it counts toward ``max_words`` but not ``max_sentences``."""
+        its sentence; it counts toward ``max_words`` but not ``max_sentences``. When such an
+        opening is refused ("I'm an AI language model | with ..."), so is the piece after it:
+        alone it would be a fragment. An "As an AI, ..." clause only leaves its rest."""
         if self.done:
+            return None
+        if self._orphan:
+            self._orphan = False
             return None
         if _OTHER_ROLE.match(sentence):
             self.done = True
             return None
-        text = strip_boilerplate(clean_sentence(sentence))
+        cleaned = clean_sentence(sentence)
+        text = strip_boilerplate(cleaned)
         if not text:
+            self._orphan = not whole and bool(cleaned) and not _AS_AN_AI.match(cleaned)
             return None
         norm = _normalize(text)
         if norm in self._seen:

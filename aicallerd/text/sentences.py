@@ -19,11 +19,12 @@ Where it cuts:
   ("Sure,", "Okay:", "Well —"): 1-3 words of at most that many characters before ``,``,
   ``;``, ``:`` or a dash followed by whitespace. Only the first piece of a reply; it is
   emitted even if shorter than ``min_chars``.
-- optionally (``first_phrase_words > 0``) before a word that opens a clause ("that", "and",
-  "because", "with", ...) once the first piece has that many words and no punctuation has
-  come: "We have plenty of destinations | that offer mountain views." Piper's time to first audio
-  grows with the text (65 ms per second of speech on an idle core, 3-4x that on a busy
-  one), so a long first sentence held the reply's first audio by 0.5-0.7 s. The cut falls
+- optionally (``first_phrase_words > 0``) before a word that opens a clause or a
+  prepositional phrase ("that", "and", "because", "with", "in", "for", ...) once the first
+  piece has that many words and no punctuation has come: "We have plenty of destinations |
+  that offer mountain views.", "I'm here to assist you | in any way I can!" Piper's time
+  to first audio grows with the text (65 ms per second of speech on an idle core, 3-4x that
+  on a busy one), so a long first sentence held the reply's first audio by 0.5-0.7 s. The cut falls
   where a speaker may breathe, never inside a phrase ("nine to five", "is | that").
 
 Pieces shorter than ``min_chars`` (after stripping) are not emitted alone; they are joined to
@@ -61,7 +62,8 @@ _OPENERS = "\"'([{«“‘*"
 # Words a new phrase starts with: a first piece may be cut before one of them.
 _PHRASE_STARTERS = frozenset(
     "that which who whom whose where when while because since so and but or if unless until "
-    "although though whether with without like including".split()
+    "although though whether with without like including "
+    "in on at for from about into after before during through".split()
 )
 # ...but not after a word that needs what follows it ("is | to practice", "the | way").
 _NEEDS_MORE = frozenset(
@@ -91,7 +93,8 @@ class SentenceSplitter:
         self._buf = ""
         self._scan = 0  # everything before this index was judged "no boundary"
         self._emitted_any = False
-        self.first_piece_partial = False  # the reply's first piece is a clause or phrase
+        self._opening = True  # nothing but an interjection spoken yet: cut early
+        self.partial_pieces = 0  # the reply's first pieces that are clauses or phrases
 
     @property
     def pending_words(self) -> int:
@@ -108,7 +111,9 @@ class SentenceSplitter:
         rest = _collapse(self._buf)
         self._buf = ""
         self._scan = 0
-        self._emitted_any = self.first_piece_partial = False
+        self._emitted_any = False
+        self._opening = True
+        self.partial_pieces = 0
         return [rest] if rest else []
 
     # --- internals ------------------------------------------------------------------------
@@ -126,6 +131,7 @@ class SentenceSplitter:
                     if piece:
                         out.append(piece)
                         self._emitted_any = True
+                        self._opening = False
                     buf = buf[i + 1 :]
                     n = len(buf)
                     i = 0
@@ -148,25 +154,26 @@ class SentenceSplitter:
                 if self._is_sentence_end(buf, i, end, buf[nxt]) and self._long_enough(piece):
                     out.append(piece)
                     self._emitted_any = True
+                    self._opening = False
                     buf = buf[nxt:]
                     n = len(buf)
                     i = 0
                     continue
                 i = end
                 continue
-            if c.isspace() and self.first_phrase_words > 0 and not self._emitted_any:
+            if c.isspace() and self.first_phrase_words > 0 and self._opening:
                 cut = self._phrase_cut(buf, i)
                 if cut is not None:
                     out.append(_collapse(buf[:cut]))
-                    self._emitted_any = self.first_piece_partial = True
+                    self._emitted_any = True
+                    self._opening = False
+                    self.partial_pieces += 1
                     buf = buf[cut:]
                     n = len(buf)
                     i = 0
                     continue
             clause = None
-            if (
-                self.first_clause_chars > 0 or self.long_clause_chars > 0
-            ) and not self._emitted_any:
+            if (self.first_clause_chars > 0 or self.long_clause_chars > 0) and self._opening:
                 clause = self._first_clause(buf, i)
             if clause is not None:
                 verdict, nxt = self._lookahead(buf, i + 1)
@@ -174,7 +181,11 @@ class SentenceSplitter:
                     break
                 if verdict in ("next", "newline"):
                     out.append(clause)
-                    self._emitted_any = self.first_piece_partial = True
+                    # After a lone "Sure," the rest may be cut early too: a long sentence
+                    # behind it would leave a gap once "Sure," has been said.
+                    self._opening = not self._emitted_any and len(clause.split()) <= 3
+                    self._emitted_any = True
+                    self.partial_pieces += 1
                     buf = buf[nxt:] if verdict == "next" else buf[i + 1 :]
                     n = len(buf)
                     i = 0
@@ -264,7 +275,9 @@ class SentenceSplitter:
             return None
         text = _collapse(head).rstrip(" -–—")
         words = text.split()
-        interjection = 1 <= len(words) <= 3 and len(text) <= self.first_clause_chars
+        interjection = (
+            not self._emitted_any and 1 <= len(words) <= 3 and len(text) <= self.first_clause_chars
+        )
         # A long opening clause is spoken before its sentence is finished: the caller hears
         # the reply start while the model is still writing the rest of it.
         long_clause = self.long_clause_chars > 0 and len(text) >= self.long_clause_chars
