@@ -157,6 +157,7 @@ class LLMRequest:
 
     messages: list[dict[str, str]]
     at: float
+    temperature: float = 0.0
     outcome: str = "running"  # done | cancelled | failed
     tokens_read: int = 0  # tokens the reply consumed before it finished or closed the stream
 
@@ -169,13 +170,14 @@ class LLMRequest:
 class FakeLLM:
     """Streams a scripted reply for the caller's text, one word-token at a time.
 
-    ``replies`` maps caller text to the reply (default: "I heard <text>."); caller texts in
-    ``fail_on`` raise :class:`LLMError` before the first token.
+    ``replies`` maps caller text to the reply (default: "I heard <text>."), or to a list of
+    replies for successive requests (the last one repeats); caller texts in ``fail_on``
+    raise :class:`LLMError` before the first token.
     """
 
     def __init__(
         self,
-        replies: Mapping[str, str] | None = None,
+        replies: Mapping[str, str | list[str]] | None = None,
         *,
         first_token_delay: float = 0.05,
         token_delay: float = 0.01,
@@ -191,12 +193,16 @@ class FakeLLM:
         self.requests: list[LLMRequest] = []
 
     def reply_for(self, caller_text: str) -> str:
-        return self.replies.get(caller_text, f"I heard {caller_text}.")
+        reply = self.replies.get(caller_text, f"I heard {caller_text}.")
+        if isinstance(reply, str):
+            return reply
+        asked = sum(r.caller_text == caller_text for r in self.requests)
+        return reply[min(asked, len(reply)) - 1]
 
     async def stream_chat(
         self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
     ) -> AsyncIterator[str]:
-        request = LLMRequest([dict(m) for m in messages], trio.current_time())
+        request = LLMRequest([dict(m) for m in messages], trio.current_time(), temperature)
         self.requests.append(request)
         try:
             await trio.sleep(self.first_token_delay)

@@ -208,6 +208,26 @@ def test_the_rest_of_a_sentence_whose_opening_was_refused_is_not_spoken_alone() 
     assert f.spoken_text == "How can I help?"
 
 
+def test_a_sentence_begun_aloud_is_finished_even_past_the_word_budget() -> None:
+    """The budget refuses a whole sentence that would not fit, never the rest of one the
+    caller is already hearing."""
+    f = ReplyFilter(max_words=10)
+    assert f.accept("We have rooms") == "We have rooms"  # whole: 3 words
+    assert f.accept("with a view of the sea", whole=False) == "with a view of the sea"
+    assert not f.refuses_length(9)  # the rest of that sentence is still wanted
+    assert f.accept("and a balcony for two.") == "and a balcony for two."
+    assert f.done  # 15 words: nothing more
+    assert f.accept("Shall I book one?") is None
+
+
+def test_a_refused_opening_takes_every_piece_of_its_sentence() -> None:
+    f = ReplyFilter()
+    assert f.accept("I'm an AI language model", whole=False) is None
+    assert f.accept("with many skills", whole=False) is None
+    assert f.accept("and no body.") is None
+    assert f.accept("How can I help?") == "How can I help?"
+
+
 def test_the_rest_after_an_as_an_ai_clause_is_the_answer() -> None:
     f = ReplyFilter()
     assert f.accept("As an AI language model,", whole=False) is None

@@ -255,8 +255,29 @@ def test_after_a_lone_interjection_the_sentence_behind_it_is_cut_early_too() -> 
     ]
     assert feed_in_chunks(text, [], **options) == expected
     splitter = SentenceSplitter(**options)
-    assert [p for ch in text for p in splitter.feed(ch)] == expected[:3]
-    assert splitter.partial_pieces == 2
+    pieces = [p for ch in text for p in splitter.feed(ch)]
+    assert pieces == expected[:3]
+    assert [getattr(p, "partial", False) for p in pieces] == [True, True, False]
+
+
+def test_the_rest_of_a_long_first_sentence_is_cut_too_but_later_sentences_are_not() -> None:
+    """Under load the LLM writes the rest of a long first sentence slower than its opening
+    phrase is spoken; later sentences are written while the earlier ones play."""
+    text = (
+        "You can find hotels in the city center that are within walking distance of the "
+        "mountain and can take fifteen guests. Rooms in the city that are close to the lake "
+        "and the park are cheaper."
+    )
+    options = {"first_phrase_words": 4, "later_phrase_words": 8, "long_clause_chars": 20}
+    pieces = feed_in_chunks(text, [], **options)
+    assert pieces == [
+        "You can find hotels",
+        "in the city center that are within walking distance of the mountain",
+        "and can take fifteen guests.",
+        "Rooms in the city that are close to the lake and the park are cheaper.",
+    ]
+    assert [getattr(p, "partial", False) for p in pieces] == [True, True, False, False]
+    assert pieces == feed_in_chunks(text, list(range(1, len(text))), **options)
 
 
 def test_short_clauses_and_numbers_are_not_cut():

@@ -432,6 +432,37 @@ def test_llm_failure_apologises_and_call_goes_on() -> None:
     assert h.session.end_reason == "hangup"
 
 
+def test_a_reply_the_filter_refuses_whole_is_asked_for_once_more() -> None:
+    """SmolLM2 sometimes answers with nothing but chatbot boilerplate: the caller was heard
+    fine, so they get a second sample of the model, not "could you say that again?"."""
+    boilerplate = "As an AI language model, I don't have personal opinions."
+    llm = FakeLLM({"w1 w2 w3": [boilerplate, "We open at nine."]})
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await settle(h)
+
+    h = run_call(caller, llm=llm)
+    assert labels(h.segments()) == [("We open at nine.", True)]
+    first, second = llm.requests
+    assert second.messages == first.messages
+    assert second.temperature > first.temperature
+
+
+def test_a_reply_refused_twice_gets_the_apology() -> None:
+    llm = FakeLLM({"w1 w2 w3": "As an AI language model, I don't have personal opinions."})
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await settle(h)
+
+    h = run_call(caller, llm=llm)
+    assert labels(h.segments()) == [("canned:sorry", True)]
+    assert len(llm.requests) == 2
+
+
 def test_tts_dropping_mid_reply_apologises_and_the_next_turn_works() -> None:
     """A voice stream cut after the first sentence: the caller hears that sentence, then the
     apology, and the call goes on (it used to be dropped)."""

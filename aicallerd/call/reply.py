@@ -25,7 +25,7 @@ from aicallerd.engines.deadline import DUE
 from aicallerd.engines.llm import ChatClient
 from aicallerd.engines.tts import Synthesizer
 from aicallerd.text.guardrail import ReplyFilter
-from aicallerd.text.sentences import SentenceSplitter
+from aicallerd.text.sentences import Piece, SentenceSplitter
 
 SECONDS_PER_CHAR = 0.05  # of speech, about: Piper's joe-medium says 52 characters in 2.66 s
 
@@ -82,8 +82,8 @@ async def _generate(
         first_clause_chars=settings.interjection_chars,
         long_clause_chars=settings.clause_chars,
         first_phrase_words=settings.phrase_words,
+        later_phrase_words=settings.later_phrase_words,
     )
-    pieces = 0
     stream = llm.stream_chat(
         list(messages), max_tokens=settings.max_tokens, temperature=settings.temperature
     )
@@ -94,8 +94,7 @@ async def _generate(
             if legs.llm_first_token is None:
                 legs.llm_first_token = trio.current_time() - t0
             for sentence in splitter.feed(delta):
-                whole = pieces >= splitter.partial_pieces  # clauses and phrases come first
-                pieces += 1
+                whole = not (isinstance(sentence, Piece) and sentence.partial)
                 if not await _offer(sentence, reply_filter, legs, t0, out, whole=whole):
                     return
             if reply_filter.refuses_length(splitter.pending_words):

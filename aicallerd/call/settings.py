@@ -27,6 +27,7 @@ class ReplySettings:
     max_words: int = CallConfig.max_reply_words
     clause_chars: int = 20  # a first clause this long is spoken before its sentence ends
     phrase_words: int = 4  # a first sentence is cut before a phrase after this many words
+    later_phrase_words: int = 8  # and any later piece after this many
     interjection_chars: int = 20  # "Sure,", "That's perfect," alone first (0: never alone)
     min_piece_chars: int = 1  # shorter pieces join the next one
 

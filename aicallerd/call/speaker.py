@@ -8,6 +8,7 @@ engines, the caller is never left in silence: the pre-rendered apology is queued
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,11 @@ from aicallerd.call.reply import Reply, speak_reply
 from aicallerd.call.settings import CallSettings
 
 log = logging.getLogger("aicallerd.call")
+
+# A reply the filter refused whole (SmolLM2's "As an AI, I don't have ...", or a copy of an
+# earlier reply) is asked for once more, a little less predictably, before the apology:
+# "could you say that again?" is the wrong answer when the caller was heard fine.
+RETRY_TEMPERATURE_STEP = 0.3
 
 
 @dataclass(eq=False)
@@ -100,17 +106,29 @@ class Speaker:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._first_audio_deadline, run, nursery.cancel_scope)
                     with trio.move_on_after(s.reply_seconds) as whole:
-                        await speak_reply(
-                            llm=self.llm,
-                            tts=self.tts,
-                            player=run.gate,
-                            messages=messages,
-                            settings=s.reply,
-                            previous_replies=previous_replies,
-                            reply=run.reply,
-                            legs=run.legs,
-                            on_first_frame=run.on_first_frame,
+                        retry = dataclasses.replace(
+                            s.reply,
+                            temperature=min(1.0, s.reply.temperature + RETRY_TEMPERATURE_STEP),
                         )
+                        for settings in (s.reply, retry):
+                            await speak_reply(
+                                llm=self.llm,
+                                tts=self.tts,
+                                player=run.gate,
+                                messages=messages,
+                                settings=settings,
+                                previous_replies=previous_replies,
+                                reply=run.reply,
+                                legs=run.legs,
+                                on_first_frame=run.on_first_frame,
+                            )
+                            if run.reply.sentences:
+                                break
+                            self.log.info(
+                                "turn %d: every sentence of the reply was refused%s",
+                                run.number,
+                                ": asking once more" if settings is s.reply else "",
+                            )
                     nursery.cancel_scope.cancel()  # done: stop the first-audio deadline
                 if whole.cancelled_caught:
                     self.log.error("turn %d: reply cut at %gs", run.number, s.reply_seconds)

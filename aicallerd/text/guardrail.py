@@ -204,7 +204,8 @@ class ReplyFilter:
         self._accepted: list[str] = []
         self._seen: set[str] = set()
         self._so_far = ""
-        self._orphan = False  # the next piece ends a sentence whose opening was refused
+        self._orphan = False  # the next pieces finish a sentence whose opening was refused
+        self._continuing = False  # the next pieces finish a sentence already begun aloud
 
     @property
     def spoken_text(self) -> str:
@@ -218,17 +219,24 @@ class ReplyFilter:
     def refuses_length(self, words: int) -> bool:
         """True when a sentence of ``words`` words would be refused for length: a sentence
         still being written that long can stop being generated now."""
-        return bool(self._accepted) and self._words + words > self.max_words
+        return bool(self._accepted) and self._words + words > self._budget()
+
+    def _budget(self) -> int:
+        """Words the reply may reach: twice ``max_words`` to finish a sentence begun aloud
+        (only a runaway one is cut off)."""
+        return 2 * self.max_words if self._continuing else self.max_words
 
     def accept(self, sentence: str, *, whole: bool = True) -> str | None:
         """``whole=False``: a reply's opening clause or phrase, spoken ahead of the rest of
-        its sentence; it counts toward ``max_words`` but not ``max_sentences``. When such an
-        opening is refused ("I'm an AI language model | with ..."), so is the piece after it:
-        alone it would be a fragment. An "As an AI, ..." clause only leaves its rest."""
+        its sentence; it counts toward ``max_words`` but not ``max_sentences``, and once it is
+        spoken the rest of its sentence is too (a reply never stops mid-sentence for length).
+        When such an opening is refused ("I'm an AI language model | with ..."), so are the
+        pieces that finish it: alone they would be a fragment. An "As an AI, ..." clause only
+        leaves its rest."""
         if self.done:
             return None
         if self._orphan:
-            self._orphan = False
+            self._orphan = not whole
             return None
         if _OTHER_ROLE.match(sentence):
             self.done = True
@@ -249,7 +257,7 @@ class ReplyFilter:
             self.done = True
             return None
         words = len(text.split())
-        if self._accepted and self._words + words > self.max_words:
+        if self._accepted and self._words + words > self._budget():
             self.done = True  # a phone-sized reply: the next sentence would run too long
             return None
         self._so_far = so_far
@@ -257,6 +265,7 @@ class ReplyFilter:
         self._accepted.append(text)
         self._words += words
         self._sentences += whole
-        if self._sentences >= self.max_sentences or self._words >= self.max_words:
+        self._continuing = not whole
+        if whole and (self._sentences >= self.max_sentences or self._words >= self.max_words):
             self.done = True
         return text

@@ -26,6 +26,10 @@ Where it cuts:
   to first audio grows with the text (65 ms per second of speech on an idle core, 3-4x that
   on a busy one), so a long first sentence held the reply's first audio by 0.5-0.7 s. The cut falls
   where a speaker may breathe, never inside a phrase ("nine to five", "is | that").
+  The rest of that first sentence is cut the same way after ``later_phrase_words``: under
+  load the LLM writes a long sentence slower than its opening phrase is spoken, and the
+  caller heard the gap (later sentences are written while earlier ones play).
+  Such pieces are :class:`Piece` with ``partial`` set.
 
 Pieces shorter than ``min_chars`` (after stripping) are not emitted alone; they are joined to
 the next piece. Emitted pieces have their whitespace collapsed to single spaces.
@@ -76,6 +80,19 @@ def _collapse(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+class Piece(str):
+    """One piece of a reply, as text. ``partial``: a clause or phrase cut ahead of the rest of
+    its sentence, which the next piece(s) finish."""
+
+    partial: bool = False
+
+
+def _partial(text: str) -> Piece:
+    piece = Piece(text)
+    piece.partial = True
+    return piece
+
+
 class SentenceSplitter:
     """Streaming sentence splitter for LLM token deltas (see the module docstring)."""
 
@@ -85,16 +102,18 @@ class SentenceSplitter:
         first_clause_chars: int = 0,
         long_clause_chars: int = 0,
         first_phrase_words: int = 0,
+        later_phrase_words: int = 0,
     ) -> None:
         self.min_chars = min_chars
         self.first_clause_chars = first_clause_chars
         self.long_clause_chars = long_clause_chars
         self.first_phrase_words = first_phrase_words
+        self.later_phrase_words = later_phrase_words
         self._buf = ""
         self._scan = 0  # everything before this index was judged "no boundary"
         self._emitted_any = False
         self._opening = True  # nothing but an interjection spoken yet: cut early
-        self.partial_pieces = 0  # the reply's first pieces that are clauses or phrases
+        self._first = True  # still in the reply's first sentence
 
     @property
     def pending_words(self) -> int:
@@ -112,14 +131,13 @@ class SentenceSplitter:
         self._buf = ""
         self._scan = 0
         self._emitted_any = False
-        self._opening = True
-        self.partial_pieces = 0
+        self._opening = self._first = True
         return [rest] if rest else []
 
     # --- internals ------------------------------------------------------------------------
 
     def _split(self) -> list[str]:
-        out: list[str] = []
+        out: list[str] = []  # Piece for the partial ones
         buf = self._buf
         i = self._scan
         n = len(buf)
@@ -131,7 +149,7 @@ class SentenceSplitter:
                     if piece:
                         out.append(piece)
                         self._emitted_any = True
-                        self._opening = False
+                        self._opening = self._first = False
                     buf = buf[i + 1 :]
                     n = len(buf)
                     i = 0
@@ -154,20 +172,20 @@ class SentenceSplitter:
                 if self._is_sentence_end(buf, i, end, buf[nxt]) and self._long_enough(piece):
                     out.append(piece)
                     self._emitted_any = True
-                    self._opening = False
+                    self._opening = self._first = False
                     buf = buf[nxt:]
                     n = len(buf)
                     i = 0
                     continue
                 i = end
                 continue
-            if c.isspace() and self.first_phrase_words > 0 and self._opening:
-                cut = self._phrase_cut(buf, i)
+            words = self.first_phrase_words if self._opening else self.later_phrase_words
+            if c.isspace() and words > 0 and self._first:
+                cut = self._phrase_cut(buf, i, words)
                 if cut is not None:
-                    out.append(_collapse(buf[:cut]))
+                    out.append(_partial(_collapse(buf[:cut])))
                     self._emitted_any = True
                     self._opening = False
-                    self.partial_pieces += 1
                     buf = buf[cut:]
                     n = len(buf)
                     i = 0
@@ -180,12 +198,11 @@ class SentenceSplitter:
                 if verdict == "wait":
                     break
                 if verdict in ("next", "newline"):
-                    out.append(clause)
+                    out.append(_partial(clause))
                     # After a lone "Sure," the rest may be cut early too: a long sentence
                     # behind it would leave a gap once "Sure," has been said.
                     self._opening = not self._emitted_any and len(clause.split()) <= 3
                     self._emitted_any = True
-                    self.partial_pieces += 1
                     buf = buf[nxt:] if verdict == "next" else buf[i + 1 :]
                     n = len(buf)
                     i = 0
@@ -245,9 +262,9 @@ class SentenceSplitter:
             return False  # "1. Milk": a list marker, not a sentence
         return True
 
-    def _phrase_cut(self, buf: str, i: int) -> int | None:
-        """Where to cut the first piece when buf[i] is the space after a word that opens a
-        phrase and at least ``first_phrase_words`` words come before it: that word's start."""
+    def _phrase_cut(self, buf: str, i: int, min_words: int) -> int | None:
+        """Where to cut the piece when buf[i] is the space after a word that opens a phrase
+        and at least ``min_words`` words come before it: that word's start."""
         start = i
         while start > 0 and not buf[start - 1].isspace():
             start -= 1
@@ -255,7 +272,7 @@ class SentenceSplitter:
             return None
         head = buf[:start]
         words = head.split()
-        if "\n" in head or len(words) < self.first_phrase_words:
+        if "\n" in head or len(words) < min_words:
             return None
         if words[-1].lower() in _NEEDS_MORE or not self._long_enough(_collapse(head)):
             return None
