@@ -281,6 +281,17 @@ def test_chatbot_boilerplate_is_not_spoken(raw, spoken):
     assert not f.done  # the rest of the reply may still be an answer
 
 
+def test_boilerplate_after_an_answer_ends_the_reply() -> None:
+    """Going on past it would leave the caller in silence while the model writes the next
+    sentence: "You're welcome!", 1.5 s of nothing, then more."""
+    f = ReplyFilter()
+    assert f.accept("You're welcome!") == "You're welcome!"
+    assert f.accept("As an AI language model, I don't have feelings.") is None
+    assert f.done
+    assert f.accept("Anything else?") is None
+    assert f.spoken_text == "You're welcome!"
+
+
 @pytest.mark.parametrize(
     ("raw", "spoken"),
     [

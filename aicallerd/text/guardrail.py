@@ -244,6 +244,11 @@ class ReplyFilter:
         cleaned = clean_sentence(sentence)
         text = strip_boilerplate(cleaned)
         if not text:
+            if cleaned and self._accepted:
+                # Boilerplate after the reply has said something: end it here. Going on
+                # would leave the caller in silence while the next sentence is written
+                # (1.5 s under load).
+                self.done = True
             self._orphan = not whole and bool(cleaned) and not _AS_AN_AI.match(cleaned)
             return None
         norm = _normalize(text)
