@@ -27,15 +27,14 @@ class ReplySettings:
     max_words: int = CallConfig.max_reply_words
     clause_chars: int = 20  # a first clause this long is spoken before its sentence ends
     phrase_words: int = 4  # a first sentence is cut before a phrase after this many words
-    later_phrase_words: int = 8  # and any later piece after this many
-    interjection_chars: int = 20  # "Sure,", "That's perfect," alone first (0: never alone)
-    min_piece_chars: int = 1  # shorter pieces join the next one
-
-
-# A voice behind an HTTP request per piece answers each after its first-byte delay (150-300
-# ms), whatever the length: "Yes," (0.3 s of speech) alone ran out before the next piece's
-# first audio came, an audible gap, while joining it cost only the LLM's next few words.
-CLOUD_VOICE_PIECES: dict[str, int] = {"interjection_chars": 0, "min_piece_chars": 16}
+    later_phrase_words: int = 8  # and the rest of it again after this many
+    # No voice gets a piece shorter than what it takes to make the next one. A cloud voice
+    # answers each request after its first-byte delay (150-300 ms) whatever the length, and
+    # Piper under four callers needs 0.3-0.5 s for the LLM's next words and their audio:
+    # "Yes," or "Great!" (0.3-0.4 s of speech) alone left a gap after it, where joining it
+    # to the next words cost only those words.
+    interjection_chars: int = 0  # "Sure," alone first (0: never alone)
+    min_piece_chars: int = 16  # shorter pieces join the next one
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,6 @@ def call_settings(cfg: Config) -> CallSettings:
             max_tokens=cfg.llm.max_tokens,
             temperature=cfg.llm.temperature,
             max_words=cfg.call.max_reply_words,
-            **(CLOUD_VOICE_PIECES if cfg.tts.engine != "piper" else {}),
         ),
         system_prompt=cfg.llm.system_prompt,
         greeting=cfg.call.greeting,
