@@ -426,6 +426,43 @@ def test_next_turn_sees_what_was_heard_in_its_messages() -> None:
     )
 
 
+def test_a_reply_cut_in_its_first_sentence_leaves_no_empty_answer_in_the_history() -> None:
+    """Cut before one sentence was heard: the transcript has the turn, the model never sees an
+    empty answer (SmolLM2 copied "..." into every later reply), and the unanswered words are
+    asked again with the caller's next ones."""
+    call = Call()
+    job = barged_in(call)
+    (record,) = call.reply_done(1, outcome(REPLY, "", Spoken("m1", "Hi.", b"\xff"), *UNPLAYED))
+    assert record == Record(1, "hello there", "", True, 0.0)
+    assert call.conv.history[1:] == []
+    start, _commit = call.transcribed(job, "what are your hours")
+    assert start.messages[1:] == (user("hello there what are your hours"),)
+    call.reply_done(2, outcome("Nine to five.", "Nine to five."))
+    assert call.conv.history[1:] == [
+        user("hello there what are your hours"),
+        {"role": "assistant", "content": "Nine to five."},
+    ]
+
+
+def test_a_backchannel_after_a_cut_first_sentence_replays_it_for_the_carried_words() -> None:
+    """A "yeah" that cut the first sentence: the whole reply is replayed, and the history pairs
+    it with the words it answers, once."""
+    call = Call()
+    job = barged_in(call)
+    first = Spoken("m1", "Hi.", b"\xff")
+    call.reply_done(1, outcome(REPLY, "", first, *UNPLAYED))
+    _note, replay, _commit = call.transcribed(job, "yeah")
+    assert replay == Replay(2, (first, *UNPLAYED), of_turn=1)
+    call.reply_done(2, outcome(REPLY, REPLY))
+    assert call.conv.history[1:] == [
+        user("hello there yeah"),
+        {"role": "assistant", "content": REPLY},
+    ]
+    call.speak(0.4)
+    start, _commit = call.transcribed(job_of(call.silence(0.6)), "thanks")
+    assert start.messages[-1] == user("thanks")
+
+
 # -- 5. backchannel and resume -----------------------------------------------------------------
 
 

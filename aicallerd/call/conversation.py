@@ -180,10 +180,18 @@ class Conversation:
             self._cut = (turn, now, outcome.unplayed)
         spoken = outcome.heard if turn.interrupted or self.closing else outcome.text
         interrupted = turn.interrupted or spoken != outcome.text
-        self.history.append({"role": "user", "content": turn.caller_text})
-        self.history.append({"role": "assistant", "content": spoken or "..."})
         out.append(Record(turn.number, turn.caller_text, spoken, interrupted, turn.phrase.started))
         self._last_activity = now
+        if not spoken:
+            # Cut before a sentence ended: the caller heard no answer, so the words are asked
+            # again with the next ones. (A "..." answer in the history made SmolLM2 reply
+            # "..." to every later turn.)
+            self._carry = turn.caller_text
+            return out
+        if turn.replay:
+            self._carry = ""  # the carried words are in the history now, with their answer
+        self.history.append({"role": "user", "content": turn.caller_text})
+        self.history.append({"role": "assistant", "content": spoken})
         if (
             not turn.interrupted
             and not self.closing
@@ -419,7 +427,7 @@ class Conversation:
         if not turn.caller_text or (
             self._cut is not None
             and self.settings.barge_in_ignore_backchannels
-            and is_backchannel(turn.caller_text)
+            and is_backchannel(turn.phrase.text())
         ):
             if turn.committed:
                 self._no_words(turn, out)
