@@ -444,6 +444,21 @@ def test_a_reply_cut_in_its_first_sentence_leaves_no_empty_answer_in_the_history
     ]
 
 
+def test_only_the_last_unanswered_words_are_asked_again() -> None:
+    """Two replies cut in their first sentence: the model is asked about the latest words with
+    the ones just before them, not every question the caller has moved on from."""
+    call = Call()
+    job = barged_in(call)
+    call.reply_done(1, outcome(REPLY, "", *UNPLAYED))
+    call.transcribed(job, "what are your hours")
+    call.speaking = True
+    assert CancelReply(2, "barge-in") in acts(call.speak(0.3))
+    call.speaking = False
+    call.reply_done(2, outcome("We open at nine.", "", started=True))
+    start, _commit = call.transcribed(job_of(call.silence(0.6)), "and on sunday")
+    assert start.messages[1:] == (user("what are your hours and on sunday"),)
+
+
 def test_a_backchannel_after_a_cut_first_sentence_replays_it_for_the_carried_words() -> None:
     """A "yeah" that cut the first sentence: the whole reply is replayed, and the history pairs
     it with the words it answers, once."""

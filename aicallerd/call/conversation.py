@@ -185,8 +185,9 @@ class Conversation:
         if not spoken:
             # Cut before a sentence ended: the caller heard no answer, so the words are asked
             # again with the next ones. (A "..." answer in the history made SmolLM2 reply
-            # "..." to every later turn.)
-            self._carry = turn.caller_text
+            # "..." to every later turn.) Only this turn's: a caller who cuts every reply
+            # short has moved on from the older questions.
+            self._carry = turn.caller_text if turn.replay else turn.phrase.text()
             return out
         if turn.replay:
             self._carry = ""  # the carried words are in the history now, with their answer
