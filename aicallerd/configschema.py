@@ -85,9 +85,9 @@ class ServerConfig(Section):
         '+ node (docs/Caddyfile.cluster); "" = the only node.',
     )
     max_concurrent_calls: int = key(
-        2,
+        4,
         number(int, 1),
-        comment="Calls answered at once; further callers hear [call] busy_message. 2 is what "
+        comment="Calls answered at once; further callers hear [call] busy_message. 4 is what "
         "two cores hold with the embedded engines (README, Latency); raise it when the "
         "engines run elsewhere.",
     )

@@ -36,7 +36,7 @@ def test_defaults() -> None:
     assert c.server.listen == "127.0.0.1:5000"
     assert c.server.public_url == "https://aicaller.example.net"
     assert c.server.stream_path == "/ai_caller/stream"
-    assert c.server.max_concurrent_calls == 2
+    assert c.server.max_concurrent_calls == 4
     assert c.server.shutdown_grace_seconds == 30.0
     assert c.twilio.auth_token == ""
     assert c.twilio.api_base == "https://api.twilio.com"
