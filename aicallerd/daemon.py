@@ -25,7 +25,6 @@ from pathlib import Path
 
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve
 
 from aicallerd.calllog import AsyncCallLog, CallLogError
 from aicallerd.config import Config, ConfigError, load_config
@@ -34,17 +33,19 @@ from aicallerd.control.protocol import EngineStatus
 from aicallerd.control.server import ControlServer, ControlServerError
 from aicallerd.devtoken import dev_token_path, resolve_auth_token
 from aicallerd.engines.loader import Engines, load_engines
+from aicallerd.httpserve import serve
 from aicallerd.logs import add_secrets, setup_logging
 from aicallerd.notify import Notifier, watchdog_interval, watchdog_loop
 from aicallerd.reload import merge_reloadable, secrets_of
 from aicallerd.retention import purge_expired
 from aicallerd.service import SHUTDOWN_LINE, CallService
 from aicallerd.web import create_app
+from aicallerd.webstream import MediaStreamServer
 
 log = logging.getLogger("aicallerd")
 
 DRAIN_GOODBYE_SECONDS = 15.0  # after the grace period: time for every call's goodbye
-MAX_WS_MESSAGE = 64 * 1024  # Twilio's messages are ~1 KB; hypercorn's default is 16 MiB
+MAX_WS_MESSAGE = 64 * 1024  # Twilio's messages are ~1 KB
 RETENTION_INTERVAL = 3600.0  # seconds between purges of expired calls
 
 
@@ -183,9 +184,8 @@ class Daemon:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise StartupError(f"cannot listen on {cfg.server.listen}: {reason}") from None
 
-    def _hyper_config(self, sock: socket.socket) -> HyperConfig:
+    def _hyper_config(self) -> HyperConfig:
         hc = HyperConfig()
-        hc.bind = [f"fd://{sock.detach()}"]
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
         hc.graceful_timeout = 1.0
@@ -226,7 +226,9 @@ class Daemon:
                         partial(
                             serve,
                             create_app(service),
-                            self._hyper_config(sock),
+                            self._hyper_config(),
+                            sock,
+                            MediaStreamServer(service, MAX_WS_MESSAGE),
                             shutdown_trigger=http_stop.wait,
                         )
                     )

@@ -9,7 +9,7 @@ stays out of the way:
 - ``POST /status``: Twilio's call progress callbacks, into the call log.
 - ``POST /call/<contact>``: the HTTP call trigger (``Authorization: Bearer``).
 - ``WS <stream_path>[/<node>]``: the Media Stream (signed upgrade only); becomes a call.
-  Served in front of quart, on hypercorn's ASGI callables (`aicallerd.webstream`).
+  Served beside quart, on the socket itself (`aicallerd.webstream`, `aicallerd.httpserve`).
 
 Anything from the network that reaches a log line goes through `shown` (repr, truncated).
 """
@@ -46,7 +46,6 @@ from aicallerd.throttle import FailureThrottle, address_key
 from aicallerd.twilio import twiml
 from aicallerd.twilio.sids import valid_call_sid
 from aicallerd.twilio.signature import validate_signature
-from aicallerd.webstream import MediaStreamApp
 
 log = logging.getLogger("aicallerd.web")
 
@@ -90,8 +89,8 @@ def _json(obj: dict[str, Any], status: int) -> Response:
     return Response(json.dumps(obj), status=status, content_type="application/json")
 
 
-def create_app(calls: Calls) -> MediaStreamApp:
-    """The ASGI app hypercorn serves: quart's routes, the Media Stream in front of them."""
+def create_app(calls: Calls) -> QuartTrio:
+    """The ASGI app hypercorn serves: the webhooks (the Media Stream is served beside it)."""
     app = QuartTrio("aicallerd")
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     throttle = FailureThrottle()
@@ -194,7 +193,7 @@ def create_app(calls: Calls) -> MediaStreamApp:
         ok = calls.ready
         return _text("ok" if ok else "starting", 200 if ok else 503)
 
-    return MediaStreamApp(app, calls)
+    return app
 
 
 async def _prompt_from_body() -> str | None:

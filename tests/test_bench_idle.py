@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.idle import HEADERS, per_10k, rows
+from bench.idle import HEADERS, masked, per_10k, rows
 
 
 def test_cpu_per_10k_frames_comes_from_daemon_cpu_seconds() -> None:
@@ -27,3 +27,11 @@ def test_rows_without_a_talker_leave_its_cells_empty() -> None:
     assert len(row) == len(HEADERS)
     assert row[0] == "100 idle (silence)" and row[2:6] == ["-"] * 4
     assert row[-1] == "0.72 (93800 frames)"
+
+
+def test_idle_callers_frames_are_what_a_server_reads():
+    from aicallerd.wsframes import FrameReader
+
+    reader = FrameReader(1 << 16)
+    texts = ["{}", "x" * 125, "y" * 126, '{"event":"media"}' * 30]
+    assert reader.feed(b"".join(masked(t) for t in texts)) == texts

@@ -104,6 +104,39 @@ def test_oversized_stream_message_is_closed_with_1009(daemon):
     honest_call(daemon)
 
 
+def test_stream_route_without_an_upgrade_is_400(daemon):
+    """The stream route is served beside hypercorn: a plain GET of it gets a clear refusal,
+    and a request line that arrives a byte at a time still reaches hypercorn's routes."""
+    assert httpx.get(daemon.base_url + STREAM_PATH).status_code == 400
+    daemon.wait_for("stream upgrade from 127.0.0.1 refused: not a WebSocket upgrade")
+
+    async def dribbled_health() -> bytes:
+        stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
+        async with stream:
+            for byte in b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n":
+                await stream.send_all(bytes([byte]))
+            answer = b""
+            with trio.fail_after(30):  # (hypercorn leaves the connection open after it)
+                while not answer.endswith(b"\r\n\r\nok\n"):
+                    answer += await stream.receive_some()
+            return answer
+
+    assert trio.run(dribbled_health).startswith(b"HTTP/1.1 200")
+
+
+def test_ping_is_answered_and_a_close_is_echoed(daemon):
+    async def scenario() -> int:
+        async with open_websocket_url(ws_url(daemon), extra_headers=signed_upgrade(daemon)) as ws:
+            await ws.send_message(media.connected_event())
+            with trio.fail_after(10):
+                await ws.ping(b"still there?")  # returns when the pong comes back
+                await ws.aclose(1000, "done")  # returns when the daemon answers the close
+            return ws.closed.code
+
+    assert trio.run(scenario) == 1000
+    honest_call(daemon)
+
+
 def test_sockets_that_never_start_are_capped(daemon):
     """A captured upgrade signature replayed many times cannot hold more than a few sockets
     open without a ``start``; a socket freed lets the next one in."""

@@ -112,7 +112,7 @@ class PlaybackClock:
 
 
 class Transport(Protocol):
-    """The WebSocket as a call sees it (webstream.AsgiTransport in the daemon, memory in
+    """The WebSocket as a call sees it (webstream.SocketTransport in the daemon, memory in
     tests)."""
 
     async def receive(self) -> str | bytes: ...
