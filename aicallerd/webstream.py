@@ -123,6 +123,9 @@ class SocketTransport:
                     break
         return inbox.popleft()
 
+    def buffered(self) -> int:
+        return len(self._inbox) + bool(self._early)
+
     async def accept(self, key: str) -> None:
         """Switch protocols: the 101 answer to the upgrade."""
         await self._write(

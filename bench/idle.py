@@ -41,7 +41,7 @@ from aicallerd.audio.mulaw import ulaw_encode
 from aicallerd.call.metrics import percentile
 from aicallerd.twilio import media
 from aicallerd.twilio.signature import compute_signature
-from bench.cloudload import engine_standins, settings_for
+from bench.cloudload import RESULTS, engine_standins, settings_for
 from bench.daemon import Daemon, running_daemon
 from bench.latency import Said, one_call
 from bench.report import CpuMeter, machine_info, machine_line, ms, table
@@ -288,6 +288,10 @@ async def main_async(args: argparse.Namespace) -> None:
             log("solo call")
             solo = summarise(await one_call(daemon, script))
         levels = [await run_level(daemon, script, args.idle, ln, args.hold) for ln in args.line]
+        RESULTS.mkdir(exist_ok=True)
+        saved = RESULTS / f"idle-{time.strftime('%Y%m%d-%H%M%S')}.daemon.log"
+        saved.write_text(daemon.log_text() + "\n")  # the talker's turns, leg by leg
+        log(f"daemon log: {saved}")
     print(machine_line(info))
     print()
     print(table(HEADERS, rows(solo, levels)))

@@ -385,6 +385,9 @@ class MemoryTransport:
     def __init__(self, link: Link) -> None:
         self.link = link
 
+    def buffered(self) -> int:
+        return self.link.to_session_receive.statistics().current_buffer_used
+
     async def receive(self) -> str | bytes:
         try:
             return await self.link.to_session_receive.receive()

@@ -973,3 +973,34 @@ def test_a_key_stops_the_agent_mid_reply() -> None:
     assert len(h.clears()) >= 1
     (first,) = h.sink.agent_turns
     assert first.interrupted and first.text != REPLY3
+
+
+def test_a_quiet_call_is_read_a_few_frames_at_a_time_and_still_heard_whole() -> None:
+    """With hundreds of silent callers held, waking for every 20 ms frame was most of their
+    cost: a call that is only listening reads what arrived every 0.1 s instead. A caller who
+    then speaks is heard whole and answered as fast as ever (the end of a turn is timed by
+    the audio, and frames are read one by one again from the first sound on)."""
+    reads: list[float] = []
+    quiet: list[float] = []
+
+    async def caller(h: CallHarness) -> None:
+        receive = h.session.transport.receive
+
+        async def counted() -> str | bytes:
+            raw = await receive()
+            reads.append(trio.current_time())
+            return raw
+
+        h.session.transport.receive = counted  # type: ignore[method-assign]
+        await h.wait_until(lambda: not h.session.player.playing and h.session.core.listening)
+        start = trio.current_time()
+        await trio.sleep(2.0)
+        quiet.extend(t for t in reads if t >= start)
+        await h.say("w1", "w2", "w3")
+        await settle(h)
+
+    h = run_call(caller)
+    assert len(quiet) >= 95  # every frame of the 2 s was read ...
+    assert len(set(quiet)) <= 25  # ... at most one wakeup per 0.1 s (not 100)
+    assert [t.text for t in h.sink.caller_turns] == ["w1 w2 w3"]
+    assert h.said[0].latency == pytest.approx(DONE, abs=FRAME_SECONDS)

@@ -629,3 +629,16 @@ class Conversation:
 
     def _busy(self) -> bool:
         return self._turn is not None or self._speaking or self.endpointer.in_phrase
+
+    @property
+    def listening(self) -> bool:
+        """Only listening: no phrase open, nothing to transcribe, answer or say, no keys
+        being collected (whether our audio still plays is the player's to say)."""
+        return not (
+            self._turn is not None
+            or self.endpointer.in_phrase
+            or self._jobs
+            or self._turns
+            or self._line is not None
+            or self._keys
+        )

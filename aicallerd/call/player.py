@@ -116,6 +116,10 @@ class Transport(Protocol):
     tests)."""
 
     async def receive(self) -> str | bytes: ...
+    def buffered(self) -> int:
+        """Messages :meth:`receive` can return without waiting."""
+        ...
+
     async def send(self, data: str) -> None: ...
     async def close(self, code: int, reason: str = "") -> None: ...
 
@@ -224,6 +228,13 @@ class Player:
 
     def played(self, name: str) -> bool:
         return name in self._played_marks
+
+    @property
+    def playing(self) -> bool:
+        """Audio is queued here, or still playing at Twilio by our own pacing: unlike
+        :attr:`speaking` this does not wait for Twilio's marks (a peer that never echoes
+        them would otherwise be spoken to forever)."""
+        return bool(self._queue) or self.clock.queued(trio.current_time()) > 0
 
     @property
     def speaking(self) -> bool:

@@ -54,6 +54,7 @@ from aicallerd.twilio import media
 from aicallerd.vad import probabilities
 
 log = logging.getLogger("aicallerd.call")
+QUIET_BATCH_SECONDS = 0.1  # how long a quiet call's frames may wait to be read together
 VAD_LIMITER = trio.CapacityLimiter(1)  # one VAD worker for every call: frames batch up behind it
 
 __all__ = ["CallSession", "CallSettings", "Transport", "TurnSink"]
@@ -241,10 +242,24 @@ class CallSession:
                         last = trio.current_time()
                         if not self._on_frame(raw):
                             return
+                        if self._only_listening() and not self.transport.buffered():
+                            # A quiet, idle call is read a few frames per wakeup, not one:
+                            # with hundreds held, per-frame wakeups were most of their cost.
+                            # Its caller's first sound waits at most this long.
+                            await trio.sleep(QUIET_BATCH_SECONDS)
                 if trio.current_time() - last >= timeout:
                     self.log.warning("no frame from Twilio for %gs: ending the call", timeout)
                     self.core.hang_up("", "media_timeout")
                     return
+
+    def _only_listening(self) -> bool:
+        return (
+            self._listener_idle
+            and not self._runs
+            and not self._transcriptions
+            and not self.player.playing
+            and self.core.listening
+        )
 
     def _on_frame(self, raw: str | bytes) -> bool:
         """Act on one frame from Twilio; False once the stream is over."""
