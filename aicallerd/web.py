@@ -188,6 +188,13 @@ def create_app(calls: Calls) -> QuartTrio:
         body = {"sid": created.sid, "status": created.status, "to": info.to_number}
         return _json({**body, "contact": info.contact}, 200)
 
+    @app.after_request
+    async def one_request_per_connection(response: Response) -> Response:
+        """A Media Stream upgrade is recognised on a connection's first request only
+        (`aicallerd.httpserve`), so no proxy may reuse a webhook's connection for one."""
+        response.headers["Connection"] = "close"
+        return response
+
     @app.get("/health")
     async def health() -> Response:
         ok = calls.ready

@@ -124,6 +124,14 @@ def test_stream_route_without_an_upgrade_is_400(daemon):
     assert trio.run(dribbled_health).startswith(b"HTTP/1.1 200")
 
 
+def test_webhook_connections_are_not_reused_for_a_stream(daemon):
+    """The stream is recognised on a connection's first request: a proxy that pooled a
+    webhook's connection and sent the upgrade on it would reach the wrong server."""
+    with httpx.Client() as client:
+        answers = [client.get(daemon.base_url + "/health") for _ in range(2)]
+    assert [(a.status_code, a.headers["connection"]) for a in answers] == [(200, "close")] * 2
+
+
 def test_ping_is_answered_and_a_close_is_echoed(daemon):
     async def scenario() -> int:
         async with open_websocket_url(ws_url(daemon), extra_headers=signed_upgrade(daemon)) as ws:
