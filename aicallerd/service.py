@@ -19,8 +19,9 @@ from typing import Any, Protocol, runtime_checkable
 import trio
 
 from aicallerd.call.registry import CallInfo, CallRegistry
-from aicallerd.call.session import CallSession, Transport
+from aicallerd.call.session import QUIET_BATCH_SECONDS, CallSession, Transport
 from aicallerd.call.settings import call_settings
+from aicallerd.call.ticker import Ticker
 from aicallerd.calllog import TERMINAL_STATUSES, AsyncCallLog
 from aicallerd.config import Config
 from aicallerd.control.protocol import E_BUSY, ActiveCall, ControlError
@@ -74,6 +75,7 @@ class CallService:
         self._changed = trio.Event()
         self._refuse_streams = False
         self._nursery: trio.Nursery | None = None
+        self._quiet_ticker = Ticker(QUIET_BATCH_SECONDS)
 
     # -- lifecycle (the daemon's side) ----------------------------------------------------
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -201,6 +203,7 @@ class CallService:
             verify_start=lambda start: self._verify_start(started, start),
             sink=self.recorder,
             canned=self.canned,
+            quiet_ticker=self._quiet_ticker,
         )
         start = await session.handshake()
         if start is None:

@@ -45,6 +45,7 @@ MAX_HEAD = 16 * 1024  # as h11's default: a request head larger than this is ref
 HEAD_SECONDS = 10.0  # to send the upgrade request once connected
 WRITE_SECONDS = 5.0  # for the peer to take one frame (as the player's write deadline)
 LINGER_SECONDS = 2.0  # after our close frame, for the peer's (so it reads ours, not a reset)
+READ_FIRST_SECONDS = 0.05  # a reader away this long (a quiet call's tick) tries a read first
 
 
 class StreamDisconnected(ConnectionError):
@@ -85,6 +86,7 @@ class SocketTransport:
         self._gone = False  # the peer closed or hung up: nothing more to read
         self._broken = False  # the peer broke the protocol: its frames cannot be followed
         self._dead = False  # a write failed: nothing more can be sent
+        self._read_at = -float("inf")  # when the socket was last read (or found empty)
 
     async def receive(self) -> str | bytes:
         """The next message's text (or bytes); StreamDisconnected once the peer is gone."""
@@ -94,13 +96,17 @@ class SocketTransport:
                 raise StreamDisconnected("websocket disconnected")
             data, self._early = self._early, b""
             if not data:
-                # Wait, then read once: trio's recv tries first, and for a stream whose next
-                # frame is 20 ms away that is a failed syscall and an exception per frame.
+                # A reader back from a quiet call's tick finds frames waiting: it reads at
+                # once. Otherwise it waits, then reads: trying first, as trio's recv does,
+                # costs a failed syscall and an exception per frame of a stream whose next
+                # frame is 20 ms away.
                 try:
-                    await trio.lowlevel.wait_readable(self._fd)
+                    if trio.current_time() - self._read_at < READ_FIRST_SECONDS:
+                        await trio.lowlevel.wait_readable(self._fd)
+                    self._read_at = trio.current_time()
                     data = os.read(self._fd, MAX_RECV)
                 except BlockingIOError:
-                    continue
+                    continue  # found empty just now: the next try waits
                 except (OSError, trio.ClosedResourceError):
                     data = b""
                 if not data:

@@ -5,7 +5,13 @@ import wave
 import numpy as np
 import pytest
 
-from aicallerd.audio.mulaw import ULAW_SILENCE, ulaw_decode, ulaw_decode_rms, ulaw_encode
+from aicallerd.audio.mulaw import (
+    ULAW_SILENCE,
+    ulaw_decode,
+    ulaw_decode_frames,
+    ulaw_decode_rms,
+    ulaw_encode,
+)
 from aicallerd.audio.resample import float_to_pcm16, pcm16_to_float, resample, rms
 from aicallerd.audio.wav import read_wav, write_wav
 
@@ -169,6 +175,20 @@ def test_a_frame_decoded_with_its_level_matches_decode_then_rms() -> None:
         pcm, level = ulaw_decode_rms(frame)
         assert pcm.dtype == np.int16 and np.array_equal(pcm, ulaw_decode(frame))
         assert level == rms(ulaw_decode(frame))
+
+
+def test_frames_decoded_together_match_one_by_one() -> None:
+    """A quiet call's frames are decoded a handful at once: the same samples and levels
+    (to rounding) as decoding each, so the RMS gate decides alike either way."""
+    rng = np.random.default_rng(8)
+    frames = [bytes([ULAW_SILENCE]) * 160, bytes([0x00]) * 160, bytes([0x7E, 0xFE]) * 80]
+    frames += [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(20)]
+    pcm, levels = ulaw_decode_frames(b"".join(frames), 160)
+    assert np.array_equal(pcm, ulaw_decode(b"".join(frames)))
+    assert levels == pytest.approx([rms(ulaw_decode(f)) for f in frames], rel=1e-12)
+    assert levels[0] == 0.0 and levels[1] == pytest.approx(32124.0)
+    with pytest.raises(ValueError, match="161 bytes are not frames of 160"):
+        ulaw_decode_frames(bytes(161), 160)
 
 
 # --- WAV -------------------------------------------------------------------------------

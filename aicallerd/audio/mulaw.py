@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-__all__ = ["ULAW_SILENCE", "ulaw_decode", "ulaw_decode_rms", "ulaw_encode"]
+__all__ = ["ULAW_SILENCE", "ulaw_decode", "ulaw_decode_frames", "ulaw_decode_rms", "ulaw_encode"]
 
 #: The mu-law byte that decodes to 0: pad with it, never with 0x00 (which is full scale).
 ULAW_SILENCE = 0xFF
@@ -42,6 +42,7 @@ def _build_decode_table() -> np.ndarray:
 _ENCODE = _build_encode_table()
 _DECODE = _build_decode_table()
 _DECODE_F64 = _DECODE.astype(np.float64)
+_SQUARES = _DECODE_F64 * _DECODE_F64
 
 
 def ulaw_decode(data: bytes) -> np.ndarray:
@@ -61,6 +62,19 @@ def ulaw_decode_rms(data: bytes) -> tuple[np.ndarray, float]:
         return pcm, 0.0
     samples = _DECODE_F64.take(codes)
     return pcm, math.sqrt(float(samples @ samples) / codes.size)
+
+
+def ulaw_decode_frames(data: bytes, size: int) -> tuple[np.ndarray, list[float]]:
+    """Decode frames of ``size`` bytes laid end to end, with each frame's RMS.
+
+    A quiet call's frames are read a handful at a time: decoding them together costs
+    about a third of decoding them one by one.
+    """
+    codes = np.frombuffer(data, dtype=np.uint8)
+    if size <= 0 or codes.size % size:
+        raise ValueError(f"{codes.size} bytes are not frames of {size}")
+    squares = _SQUARES.take(codes).reshape(-1, size)
+    return _DECODE.take(codes), np.sqrt(squares.sum(axis=1) / size).tolist()
 
 
 def ulaw_encode(pcm: np.ndarray) -> bytes:

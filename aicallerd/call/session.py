@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
-from aicallerd.audio.mulaw import ulaw_decode, ulaw_decode_rms
+from aicallerd.audio.mulaw import ulaw_decode, ulaw_decode_frames, ulaw_decode_rms
 from aicallerd.audio.wav import write_wav
 from aicallerd.call.actions import (
     Action,
@@ -49,6 +49,7 @@ from aicallerd.call.metrics import TurnLegs
 from aicallerd.call.player import Player, Transport
 from aicallerd.call.settings import CallSettings
 from aicallerd.call.speaker import ReplyRun, Speaker
+from aicallerd.call.ticker import Ticker
 from aicallerd.logs import call_logger
 from aicallerd.twilio import media
 from aicallerd.vad import probabilities
@@ -91,6 +92,7 @@ class CallSession:
         verify_start: Callable[[media.Start], Awaitable[bool]],
         sink: TurnSink,
         canned: dict[str, bytes] | None = None,
+        quiet_ticker: Ticker | None = None,
     ) -> None:
         self.transport = transport
         self.settings = settings
@@ -118,6 +120,8 @@ class CallSession:
         self._vad = vad_factory()
         self._gate = settings.endpointer.min_speech_rms_threshold
         self._listener_idle = True  # nothing queued for the listener: quiet frames skip it
+        # Shared by every call of a daemon: their quiet reads wake together, on one timer.
+        self._quiet_ticker = quiet_ticker or Ticker(QUIET_BATCH_SECONDS)
         self._dropped_frames = 0
         self._hang_up_request: tuple[str, str] | None = None
         self._retime = trio.Event()  # the core's next_tick may have moved earlier
@@ -235,18 +239,22 @@ class CallSession:
                 with trio.move_on_at(last + timeout):
                     while True:
                         try:
-                            raw = await self.transport.receive()
+                            # Everything already read comes together: quiet frames are
+                            # then decoded and fed to the core as one span.
+                            raws = [await self.transport.receive()]
+                            while self.transport.buffered():
+                                raws.append(await self.transport.receive())
                         except Exception as exc:  # the socket went away under us
                             self.log.info("stream closed: %s", exc.__class__.__name__)
                             return
                         last = trio.current_time()
-                        if not self._on_frame(raw):
+                        if not self._on_frames(raws):
                             return
                         if self._only_listening() and not self.transport.buffered():
                             # A quiet, idle call is read a few frames per wakeup, not one:
                             # with hundreds held, per-frame wakeups were most of their cost.
                             # Its caller's first sound waits at most this long.
-                            await trio.sleep(QUIET_BATCH_SECONDS)
+                            await self._quiet_ticker.wait()
                 if trio.current_time() - last >= timeout:
                     self.log.warning("no frame from Twilio for %gs: ending the call", timeout)
                     self.core.hang_up("", "media_timeout")
@@ -261,31 +269,65 @@ class CallSession:
             and self.core.listening
         )
 
-    def _on_frame(self, raw: str | bytes) -> bool:
-        """Act on one frame from Twilio; False once the stream is over."""
-        try:
-            event = media.parse_inbound(raw)
-        except media.MediaProtocolError as exc:
-            self.log.warning("ignoring malformed frame: %s", exc)
-            return True
-        if type(event) is media.Media:
-            if event.payload and event.track in ("inbound", "inbound_track", ""):
-                self._on_media(event)
-        elif isinstance(event, media.Mark):
-            self.player.on_mark(event.name)
-        elif isinstance(event, media.Dtmf):
-            self._act(self.core.dtmf(event.digit, trio.current_time()))
-            self._retime.set()  # the keys' pause is a new, earlier deadline
-        elif isinstance(event, media.Stop):
-            self.log.info("stream stopped by Twilio")
-            return False
-        else:
-            self.log.warning("ignoring %s after start", type(event).__name__.lower())
+    def _on_frames(self, raws: list[str | bytes]) -> bool:
+        """Act on frames from Twilio, in order; False once the stream is over."""
+        run: list[media.Media] = []  # caller audio not yet acted on
+        for raw in raws:
+            try:
+                event = media.parse_inbound(raw)
+            except media.MediaProtocolError as exc:
+                self.log.warning("ignoring malformed frame: %s", exc)
+                continue
+            if type(event) is media.Media:
+                if event.payload and event.track in ("inbound", "inbound_track", ""):
+                    run.append(event)
+                continue
+            if run:
+                self._on_media(run)
+                run = []
+            if isinstance(event, media.Mark):
+                self.player.on_mark(event.name)
+            elif isinstance(event, media.Dtmf):
+                self._act(self.core.dtmf(event.digit, trio.current_time()))
+                self._retime.set()  # the keys' pause is a new, earlier deadline
+            elif isinstance(event, media.Stop):
+                self.log.info("stream stopped by Twilio")
+                return False
+            else:
+                self.log.warning("ignoring %s after start", type(event).__name__.lower())
+        if run:
+            self._on_media(run)
         return True
 
-    def _on_media(self, event: media.Media) -> None:
-        pcm, level = ulaw_decode_rms(event.payload)
-        t, now = event.timestamp_ms / 1000.0, trio.current_time()
+    def _on_media(self, events: list[media.Media]) -> None:
+        """Caller audio, in order: quiet stretches go to the core in one piece."""
+        size = len(events[0].payload)
+        if len(events) == 1 or any(len(e.payload) != size for e in events):
+            for event in events:
+                pcm, level = ulaw_decode_rms(event.payload)
+                self._on_audio(pcm, level, event.timestamp_ms, trio.current_time())
+            return
+        pcm, levels = ulaw_decode_frames(b"".join([e.payload for e in events]), size)
+        gate, now, ms = self._gate, trio.current_time(), size // 8
+        i, n = 0, len(events)
+        while i < n:
+            j = i + 1
+            if self._listener_idle and self.core.listening:
+                # Silence or line noise while nothing is going on: the endpointer only
+                # keeps it as lead-in, so a contiguous stretch is one frame to it.
+                while (
+                    j < n
+                    and levels[j - 1] < gate
+                    and levels[j] < gate
+                    and events[j].timestamp_ms == events[j - 1].timestamp_ms + ms
+                ):
+                    j += 1
+            level = max(levels[i:j])
+            self._on_audio(pcm[i * size : j * size], level, events[i].timestamp_ms, now)
+            i = j
+
+    def _on_audio(self, pcm: np.ndarray, level: float, timestamp_ms: int, now: float) -> None:
+        t = timestamp_ms / 1000.0
         if level < self._gate and self._listener_idle:
             # Most frames of most calls (silence, line noise) need no inference: with nothing
             # queued ahead of them they go straight to the core, skipping the listener task.
