@@ -35,6 +35,7 @@ from aicallerd.call.actions import (
     Spoken,
     StartReply,
     Transcribe,
+    WarmPrompt,
 )
 from aicallerd.call.conversation import RESUME_WINDOW_SECONDS, Conversation
 from aicallerd.call.lines import FALLBACK_LINE
@@ -315,6 +316,41 @@ def test_each_prompt_extends_the_last_so_the_llm_cache_holds() -> None:
     assert [(len(p) - 2) // 2 for p in prompts] == [0, 1, 2, 3, 2, 3, 2]
 
 
+def test_the_next_prompt_is_warmed_while_the_caller_talks() -> None:
+    """Once a reply has been heard, the next turn's prompt is known up to the caller's words:
+    it is handed out to be evaluated then (the history and the last reply cost 0.1-0.9 s of
+    prompt reading on 2 cores), and the next turn's prompt extends it exactly, including the
+    turn where the oldest exchanges are dropped."""
+    call = Call(history_turns=2)
+    warmed: list[tuple[dict[str, str], ...]] = []
+    for n in range(1, 5):
+        call.speak(0.4)
+        job = job_of(call.silence(0.6))
+        start, _commit = call.transcribed(job, f"words {n}")
+        if warmed:
+            assert start.messages[:-1] == warmed[-1][:-1]
+            assert warmed[-1][-1] == user("") and start.messages[-1] == user(f"words {n}")
+        record, warm = call.reply_done(n, outcome(f"reply {n}", f"reply {n}"))
+        assert isinstance(record, Record) and isinstance(warm, WarmPrompt)
+        warmed.append(warm.messages)
+        call.silence(1.0)
+    assert [len(w) for w in warmed] == [4, 6, 8, 6]  # the oldest block dropped at turn 4 too
+
+
+def test_nothing_is_warmed_after_a_goodbye_or_a_reply_never_heard() -> None:
+    call = Call()
+    committed_turn(call)
+    done = call.reply_done(
+        1, outcome("Thanks for calling, goodbye!", "Thanks for calling, goodbye!")
+    )
+    assert kinds(done) == [Record, Note, Close]
+    call = Call()
+    committed_turn(call)
+    call.speaking = True
+    call.speak(0.3)
+    assert WarmPrompt not in kinds(call.reply_done(1, outcome(REPLY, "", *UNPLAYED)))
+
+
 # -- 3. barge-in -------------------------------------------------------------------------------
 
 
@@ -386,7 +422,7 @@ def test_words_of_a_reply_never_heard_are_carried_into_the_next_turn() -> None:
     (start,) = call.transcribed(job, "and another thing")
     assert start.turn == 2 and start.messages[-1] == user("hello there and another thing")
     assert kinds(acts(call.silence(0.3))) == [CommitReply]
-    (record,) = call.reply_done(2, outcome("Sure.", "Sure."))
+    record, _warm = call.reply_done(2, outcome("Sure.", "Sure."))
     assert record == Record(2, "hello there and another thing", "Sure.", False, pytest.approx(1.6))
     assert call.conv.history[1:] == [
         {"role": "user", "content": "hello there and another thing"},
@@ -400,7 +436,7 @@ def test_cut_reply_is_recorded_as_far_as_it_was_heard() -> None:
     committed_turn(call)
     call.speaking = True
     call.speak(0.3)
-    (record,) = call.reply_done(1, outcome(REPLY, "Hi.", *UNPLAYED))
+    record, _warm = call.reply_done(1, outcome(REPLY, "Hi.", *UNPLAYED))
     assert record == Record(1, "hello there", "Hi.", True, 0.0)
     assert call.conv.history[1:] == [
         {"role": "user", "content": "hello there"},
@@ -492,7 +528,7 @@ def test_backchannel_after_a_cut_resumes_the_reply(words: str) -> None:
     assert replay == Replay(2, UNPLAYED, of_turn=1)
     assert commit == CommitReply(2, speech_end=pytest.approx(1.9), decided=pytest.approx(2.5))
     # The resumed sentences are logged as turn 2's reply once played.
-    (record,) = call.reply_done(2, outcome("How can I help?", "How can I help?"))
+    record, _warm = call.reply_done(2, outcome("How can I help?", "How can I help?"))
     assert record.turn == 2 and record.agent_text == "How can I help?"
 
 
@@ -544,7 +580,7 @@ def test_short_backchannel_over_the_agent_is_not_an_interruption() -> None:
     assert call.transcribed(job, "mm-hm") == [
         Note("heard 'mm-hm' while speaking: not an interruption")
     ]
-    (record,) = call.reply_done(1, outcome(REPLY, REPLY))
+    record, _warm = call.reply_done(1, outcome(REPLY, REPLY))
     assert record == Record(1, "hello there", REPLY, False, 0.0)
 
 
@@ -763,7 +799,7 @@ def test_reply_ending_with_goodbye_closes_once_played() -> None:
 def test_reply_without_a_heard_goodbye_keeps_the_call_open(text: str, heard: str) -> None:
     call = Call(end_of_turn="adaptive")
     committed_turn(call)
-    assert kinds(call.reply_done(1, outcome(text, heard))) == [Record]
+    assert kinds(call.reply_done(1, outcome(text, heard))) == [Record, WarmPrompt]
     assert not call.conv.closing
 
 
@@ -783,7 +819,7 @@ def test_keys_become_a_turn_after_a_short_pause() -> None:
     assert start == StartReply(1, start.messages, False)
     assert start.messages[-1] == user("The caller pressed 1 2 3.")
     assert commit == CommitReply(1, speech_end=4.1, decided=4.1)
-    (record,) = call.reply_done(1, outcome("Got it.", "Got it."), now=5.0)
+    record, _warm = call.reply_done(1, outcome("Got it.", "Got it."), now=5.0)
     assert record == Record(1, "The caller pressed 1 2 3.", "Got it.", False, 2.0)
 
 

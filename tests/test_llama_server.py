@@ -1,5 +1,6 @@
 """The embedded llama.cpp server (xllamacpp) with the bundled SmolLM2, driven by OpenAIChat."""
 
+import json
 import os
 import re
 import threading
@@ -12,7 +13,7 @@ import pytest
 import trio
 
 from aicallerd.engines.llama_server import EmbeddedLlamaServer, LlamaServerError, default_threads
-from aicallerd.engines.llm import LLMError, OpenAIChat
+from aicallerd.engines.llm import LlamaCppChat, LLMError, OpenAIChat
 
 SYSTEM = "You are a friendly phone assistant. Answer in one or two short sentences."
 MESSAGES = [
@@ -117,6 +118,44 @@ def test_early_stop_frees_the_slot(server: EmbeddedLlamaServer) -> None:
                 return "".join((await stream(llm, 5))[0])
 
     assert trio.run(go).strip()
+
+
+def test_a_warmed_prompt_leaves_only_the_callers_words_to_read(
+    server: EmbeddedLlamaServer,
+) -> None:
+    """What the call does after each reply: the next prompt, up to the caller's (empty)
+    message, is read into the server's cache; the turn's request then reads only its new
+    words. Counted by llama.cpp itself (``timings``: tokens read from the cache, tokens
+    evaluated), not timed."""
+    history = [
+        *MESSAGES,
+        {"role": "assistant", "content": "We open at nine tomorrow morning, see you then!"},
+        {"role": "user", "content": "And on Sunday, are you open too, or closed all day?"},
+        {"role": "assistant", "content": "On Sunday we are closed, but Monday we open at nine."},
+    ]
+    turn = [*history, {"role": "user", "content": "Great, can I book a table for four?"}]
+
+    def timings(messages: list[dict[str, str]]) -> dict[str, int]:
+        body = {"messages": messages, "stream": True, "max_tokens": 1, "temperature": 0}
+        headers = {"Authorization": f"Bearer {server.api_key}"}
+        last: dict[str, int] = {}
+        with httpx.stream(
+            "POST", server.base_url + "/v1/chat/completions", json=body, headers=headers
+        ) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:") and "timings" in line:
+                    last = json.loads(line[5:])["timings"]
+        return last
+
+    async def warm() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            llm = LlamaCppChat(server.base_url, server.model_name, client, api_key=server.api_key)
+            await llm.warm_prompt([*history, {"role": "user", "content": ""}])
+
+    trio.run(warm)
+    read = timings(turn)
+    assert read["cache_n"] > 60  # the system prompt and both exchanges
+    assert read["prompt_n"] <= 20  # "Great, can I book a table for four?" and the template
 
 
 def test_health_and_describe(server: EmbeddedLlamaServer) -> None:

@@ -1004,3 +1004,71 @@ def test_a_quiet_call_is_read_a_few_frames_at_a_time_and_still_heard_whole() -> 
     assert len(set(quiet)) <= 25  # ... at most one wakeup per 0.1 s (not 100)
     assert [t.text for t in h.sink.caller_turns] == ["w1 w2 w3"]
     assert h.said[0].latency == pytest.approx(DONE, abs=FRAME_SECONDS)
+
+
+class CachingLLM(FakeLLM):
+    """A FakeLLM that, like the embedded llama.cpp server, can be asked to read a prompt
+    ahead of time; ``warm`` scripts what each warm-up does ("ok", "hang" or "fail")."""
+
+    def __init__(self, warm: str = "ok") -> None:
+        super().__init__()
+        self.warm = warm
+        self.warmed: list[tuple[list[dict[str, str]], str, float]] = []  # and when it ended
+
+    async def warm_prompt(self, messages: list[dict[str, str]]) -> None:
+        self.warmed.append((messages, "running", 0.0))
+        i = len(self.warmed) - 1
+        try:
+            if self.warm == "fail":
+                raise RuntimeError("server went away")
+            await (trio.sleep_forever() if self.warm == "hang" else trio.sleep(0.1))
+            self.warmed[i] = (messages, "done", trio.current_time())
+        except trio.Cancelled:
+            self.warmed[i] = (messages, "cancelled", trio.current_time())
+            raise
+
+
+def two_turns(llm: CachingLLM) -> CallHarness:
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2")
+        await settle(h)
+        await trio.sleep(1.0)
+        await h.say("w3", "w4")
+        await h.wait_agent_turns(2)
+        await settle(h)
+
+    return run_call(caller, llm=llm)
+
+
+def test_the_next_prompt_is_read_by_the_llm_while_the_caller_talks() -> None:
+    """After each heard reply the server is handed the next prompt up to the caller's words,
+    so the next turn's first token costs only the new words; the next request extends it."""
+    llm = CachingLLM()
+    h = two_turns(llm)
+    assert [t.text for t in h.sink.caller_turns] == ["w1 w2", "w3 w4"]
+    (first, second) = [r for r in llm.requests if r.outcome == "done"]
+    warmed, outcome, _ = llm.warmed[0]
+    assert outcome == "done" and warmed[-1] == {"role": "user", "content": ""}
+    assert second.messages[:-1] == warmed[:-1] == [*first.messages, warmed[-2]]
+    assert warmed[-2] == {"role": "assistant", "content": "I heard w1 w2."}
+    assert len(llm.warmed) == 2  # after each reply
+
+
+@pytest.mark.parametrize("warm", ["hang", "fail"])
+def test_a_warm_up_that_hangs_or_fails_costs_the_next_turn_nothing(
+    warm: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A warm-up still running when the caller's words are in is stopped (the reply needs
+    the server's slot); one that fails is only a debug line. The turn is answered as usual."""
+    caplog.set_level(logging.DEBUG, logger="aicallerd.call")
+    llm = CachingLLM(warm)
+    h = two_turns(llm)
+    assert [t.text for t in h.sink.agent_turns] == ["I heard w1 w2.", "I heard w3 w4."]
+    assert h.said[1].latency == pytest.approx(h.said[0].latency, abs=FRAME_SECONDS)
+    if warm == "hang":
+        _, outcome, ended = llm.warmed[0]
+        assert outcome == "cancelled" and ended == llm.requests[1].at
+    else:
+        assert "prompt warm-up failed: server went away" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

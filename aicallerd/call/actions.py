@@ -115,6 +115,15 @@ class Close:
 
 
 @dataclass(frozen=True)
+class WarmPrompt:
+    """The next turn's prompt up to the caller's words (their message left empty): an LLM
+    server that caches prompts can evaluate the history now, while the caller talks,
+    rather than before the next reply's first token."""
+
+    messages: tuple[dict[str, str], ...]
+
+
+@dataclass(frozen=True)
 class Note:
     """Something an operator reading the log should know; no effect on the call."""
 
@@ -133,5 +142,6 @@ Action = (
     | Record
     | RecordCaller
     | Close
+    | WarmPrompt
     | Note
 )

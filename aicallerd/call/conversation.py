@@ -45,6 +45,7 @@ from aicallerd.call.actions import (
     Spoken,
     StartReply,
     Transcribe,
+    WarmPrompt,
 )
 from aicallerd.call.lines import FALLBACK_LINE
 from aicallerd.call.settings import CallSettings
@@ -203,6 +204,8 @@ class Conversation:
             self.end_reason = "agent_goodbye"
             out.append(Note(f"turn {turn.number}: the reply ends with a goodbye"))
             out.append(Close(self.end_reason))
+        elif not self.closing:
+            out.append(WarmPrompt(self._messages("")))
         return out
 
     def line_done(self, tag: str, now: float) -> list[Action]:

@@ -43,6 +43,7 @@ from aicallerd.call.actions import (
     SayLine,
     StartReply,
     Transcribe,
+    WarmPrompt,
 )
 from aicallerd.call.conversation import Conversation
 from aicallerd.call.metrics import TurnLegs
@@ -56,6 +57,7 @@ from aicallerd.vad import probabilities
 
 log = logging.getLogger("aicallerd.call")
 QUIET_BATCH_SECONDS = 0.1  # how long a quiet call's frames may wait to be read together
+WARM_SECONDS = 10.0  # for the LLM server to take the next turn's prompt into its cache
 VAD_LIMITER = trio.CapacityLimiter(1)  # one VAD worker for every call: frames batch up behind it
 
 __all__ = ["CallSession", "CallSettings", "Transport", "TurnSink"]
@@ -98,6 +100,11 @@ class CallSession:
         self.settings = settings
         self._transcribe_fn = transcribe
         self.llm = llm
+        # Only a server we run ourselves is asked to evaluate a prompt ahead of time.
+        self._warm_prompt: Callable[[list[dict[str, str]]], Awaitable[None]] | None = getattr(
+            llm, "warm_prompt", None
+        )
+        self._warming: trio.CancelScope | None = None
         self.tts = tts
         self._verify_start = verify_start
         self.sink = sink
@@ -355,6 +362,8 @@ class CallSession:
                     scope.cancel()
             elif isinstance(action, StartReply):
                 assert nursery is not None
+                if self._warming is not None:  # the reply needs the server's slot now
+                    self._warming.cancel()
                 run = self._runs[action.turn] = self.speaker.new_run(
                     action.turn, speculative=action.speculative
                 )
@@ -379,6 +388,10 @@ class CallSession:
                 self._record_caller(action)
             elif isinstance(action, Close):
                 self.player.close(1000, action.reason)
+            elif isinstance(action, WarmPrompt):
+                if self._warm_prompt is not None:
+                    assert nursery is not None
+                    nursery.start_soon(self._warm, action.messages)
             elif isinstance(action, Note):
                 self.log.info("%s", action.message)
 
@@ -407,6 +420,21 @@ class CallSession:
                     actions = self.core.audio(pcm, prob, t, arrived, self.player.speaking, level)
                     self._act(actions)
                 self._listener_idle = not self._frames_out.statistics().current_buffer_used
+
+    async def _warm(self, messages: tuple[dict[str, str], ...]) -> None:
+        """Best effort: a failed or slow warm-up costs the next turn nothing but the saving."""
+        assert self._warm_prompt is not None
+        if self._warming is not None:
+            self._warming.cancel()
+        with trio.CancelScope() as scope:
+            self._warming = scope
+            scope.deadline = trio.current_time() + WARM_SECONDS
+            try:
+                await self._warm_prompt([dict(m) for m in messages])
+            except Exception as exc:
+                self.log.debug("prompt warm-up failed: %s", exc)
+        if self._warming is scope:
+            self._warming = None
 
     async def _transcribe(self, job: int, pcm: np.ndarray) -> None:
         text, failed = "", True

@@ -31,7 +31,7 @@ from aicallerd.cputime import LEDGER, run_named
 from aicallerd.engines.elevenlabs_ws import ElevenLabsWebSocketTTS
 from aicallerd.engines.fallback import FallbackChat, FallbackSynthesizer, FallbackTranscriber
 from aicallerd.engines.llama_server import EmbeddedLlamaServer
-from aicallerd.engines.llm import ChatClient, LLMError, OllamaChat, OpenAIChat
+from aicallerd.engines.llm import ChatClient, LlamaCppChat, LLMError, OllamaChat, OpenAIChat
 from aicallerd.engines.openai_stt import OpenAITranscriber
 from aicallerd.engines.openai_tts import OpenAISpeechTTS
 from aicallerd.engines.stt import SpeechToText, STTError, Transcriber
@@ -171,7 +171,7 @@ async def load_engines(cfg: Config) -> Engines:
             slots = max(1, min(cfg.server.max_concurrent_calls, MAX_LLM_SLOTS))
             llama = EmbeddedLlamaServer(model_path=cfg.llm.embedded_model, parallel=slots)
             await trio.to_thread.run_sync(run_named, "llm", llama.start)
-            local_llm = OpenAIChat(llama.base_url, llama.model_name, http, api_key=llama.api_key)
+            local_llm = LlamaCppChat(llama.base_url, llama.model_name, http, api_key=llama.api_key)
         if cfg.llm.backend == "embedded":
             assert local_llm is not None
             llm = local_llm
