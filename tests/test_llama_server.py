@@ -11,6 +11,7 @@ from contextlib import aclosing
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from aicallerd.engines.llama_server import EmbeddedLlamaServer, LlamaServerError, default_threads
 from aicallerd.engines.llm import LlamaCppChat, LLMError, OpenAIChat
@@ -156,6 +157,51 @@ def test_a_warmed_prompt_leaves_only_the_callers_words_to_read(
     read = timings(turn)
     assert read["cache_n"] > 60  # the system prompt and both exchanges
     assert read["prompt_n"] <= 20  # "Great, can I book a table for four?" and the template
+
+
+def test_a_warm_up_uses_only_the_servers_idle_time(server: EmbeddedLlamaServer) -> None:
+    """Under load a warm-up must not slow a caller who is waiting: it waits while a reply is
+    being generated, and one under way is stopped when a reply starts, then sent again."""
+    sent: list[int] = []  # max_tokens of each request, in the order they went out
+    long_history = [*MESSAGES, {"role": "assistant", "content": "We open at nine. " * 150}]
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            llm = LlamaCppChat(server.base_url, server.model_name, client, api_key=server.api_key)
+            original, went_out = llm._open, trio.Event()
+
+            async def recording(method: str, url: str, body: dict, **kw: object) -> object:
+                sent.append(body["max_tokens"])
+                went_out.set()
+                return await original(method, url, body, **kw)
+
+            llm._open = recording  # type: ignore[method-assign]
+            async with trio.open_nursery() as nursery:
+                reply = llm.stream_chat(MESSAGES, max_tokens=20, temperature=0.3)
+                async with aclosing(reply):
+                    await reply.__anext__()  # a reply is being generated ...
+                    nursery.start_soon(
+                        llm.warm_prompt, [*MESSAGES, {"role": "user", "content": ""}]
+                    )
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert sent == [20]  # ... so the warm-up waits
+                    async for _ in reply:
+                        pass
+            assert sent == [20, 1]  # and goes once it is over
+
+            async with trio.open_nursery() as nursery:
+                went_out = trio.Event()
+                nursery.start_soon(
+                    llm.warm_prompt, [*long_history, {"role": "user", "content": ""}]
+                )
+                await went_out.wait()  # ~1,000 tokens to read: still under way ...
+                reply = llm.stream_chat(MESSAGES, max_tokens=5, temperature=0.3)
+                async with aclosing(reply):
+                    async for _ in reply:
+                        pass
+            assert sent == [20, 1, 1, 5, 1]  # ... stopped for the reply, then sent again
+
+    trio.run(go)
 
 
 def test_health_and_describe(server: EmbeddedLlamaServer) -> None:
