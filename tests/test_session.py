@@ -37,6 +37,7 @@ from aicallerctl.testcall import Utterance, _trim_turn_audio
 from aicallerd.audio.mulaw import ulaw_encode
 from aicallerd.call.lines import FALLBACK_LINE
 from aicallerd.call.reply import SECONDS_PER_CHAR
+from aicallerd.call.session import QUIET_BATCH_SECONDS
 from aicallerd.call.settings import ReplySettings, call_settings
 from aicallerd.config import load_config
 from aicallerd.twilio import media
@@ -553,7 +554,9 @@ def test_a_stream_that_goes_quiet_is_ended() -> None:
     h = run_call(caller)
     assert h.session.end_reason == "media_timeout"
     assert h.link.inbound[-1].t <= stopped[0]
-    assert stopped[1] - stopped[0] == pytest.approx(5.0, abs=0.05)
+    # A quiet call's frames are read on its tick, so the silence is counted from the last
+    # read: up to one tick late.
+    assert 5.0 - EPS <= stopped[1] - stopped[0] <= 5.0 + QUIET_BATCH_SECONDS + EPS
     assert h.session.ended.is_set()
 
 
@@ -977,7 +980,7 @@ def test_a_key_stops_the_agent_mid_reply() -> None:
 
 def test_a_quiet_call_is_read_a_few_frames_at_a_time_and_still_heard_whole() -> None:
     """With hundreds of silent callers held, waking for every 20 ms frame was most of their
-    cost: a call that is only listening reads what arrived every 0.1 s instead. A caller who
+    cost: a call that is only listening reads what arrived every 0.2 s instead. A caller who
     then speaks is heard whole and answered as fast as ever (the end of a turn is timed by
     the audio, and frames are read one by one again from the first sound on)."""
     reads: list[float] = []
@@ -1001,7 +1004,7 @@ def test_a_quiet_call_is_read_a_few_frames_at_a_time_and_still_heard_whole() -> 
 
     h = run_call(caller)
     assert len(quiet) >= 95  # every frame of the 2 s was read ...
-    assert len(set(quiet)) <= 25  # ... at most one wakeup per 0.1 s (not 100)
+    assert len(set(quiet)) <= 12  # ... at most one wakeup per 0.2 s (not 100)
     assert [t.text for t in h.sink.caller_turns] == ["w1 w2 w3"]
     assert h.said[0].latency == pytest.approx(DONE, abs=FRAME_SECONDS)
 

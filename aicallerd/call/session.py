@@ -56,7 +56,7 @@ from aicallerd.twilio import media
 from aicallerd.vad import probabilities
 
 log = logging.getLogger("aicallerd.call")
-QUIET_BATCH_SECONDS = 0.1  # how long a quiet call's frames may wait to be read together
+QUIET_BATCH_SECONDS = 0.2  # how long a quiet call's frames may wait to be read together
 WARM_SECONDS = 10.0  # for the LLM server to take the next turn's prompt into its cache
 VAD_LIMITER = trio.CapacityLimiter(1)  # one VAD worker for every call: frames batch up behind it
 

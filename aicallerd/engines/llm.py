@@ -300,6 +300,8 @@ class LlamaCppChat(OpenAIChat):
         instead of 160-950 ms."""
         while True:
             await self._idle.wait()
+            if self._replies:  # one started while this task was being woken
+                continue
             with trio.CancelScope() as scope:
                 self._warming.add(scope)
                 try:
