@@ -337,6 +337,19 @@ def test_the_next_prompt_is_warmed_while_the_caller_talks() -> None:
     assert [len(w) for w in warmed] == [4, 6, 8, 6]  # the oldest block dropped at turn 4 too
 
 
+@pytest.mark.parametrize("greeting", ["Hello, how can I help?", ""])
+def test_the_first_prompt_is_warmed_as_the_call_starts(greeting: str) -> None:
+    """The system prompt is most of the first turn's prompt: it is read while the greeting
+    plays (or the caller starts talking), and the first turn's prompt extends it."""
+    call = Call(greeting=greeting)
+    warm = call.opening[-1]
+    assert isinstance(warm, WarmPrompt)
+    assert warm.messages == (call.conv.history[0], user(""))
+    call.speak(0.4)
+    start, _commit = call.transcribed(job_of(call.silence(0.6)), "words")
+    assert start.messages == (call.conv.history[0], user("words"))
+
+
 def test_nothing_is_warmed_after_a_goodbye_or_a_reply_never_heard() -> None:
     call = Call()
     committed_turn(call)
@@ -633,7 +646,7 @@ def test_one_word_that_ends_over_the_agent_does_not_interrupt_with_min_words() -
 def test_caller_talking_over_the_greeting_stops_it_once() -> None:
     """The caller who speaks first cuts the greeting short, and it is cleared only once."""
     call = Call(greeting="Hello, how can I help?")
-    assert call.opening == [SayLine("greeting", "Hello, how can I help?")]
+    assert call.opening[0] == SayLine("greeting", "Hello, how can I help?")
     call.speaking = True
     assert acts(call.speak(0.18)) == []
     crossing = call.speak(0.02)

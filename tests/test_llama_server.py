@@ -1,6 +1,7 @@
 """The embedded llama.cpp server (xllamacpp) with the bundled SmolLM2, driven by OpenAIChat."""
 
 import json
+import logging
 import os
 import re
 import threading
@@ -13,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from aicallerd.engines.affinity import LEASE, SlotLease
 from aicallerd.engines.llama_server import EmbeddedLlamaServer, LlamaServerError, default_threads
 from aicallerd.engines.llm import LlamaCppChat, LLMError, OpenAIChat
 
@@ -272,3 +274,45 @@ def test_close_right_after_start_does_not_hang() -> None:
     worker.join(timeout=120)
     assert not worker.is_alive(), "start() + close() hung"
     assert not srv.running
+
+
+def test_a_second_try_finds_the_calls_history_in_its_own_slot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reply refused whole is asked for again at once, while the server may still be
+    stopping the first request. Without a slot named the second went to another, empty
+    slot and read the whole prompt again (1.5 s on 2 cores); under the call's lease it waits
+    for its own slot and reads nothing but what the cache lacks (llama.cpp's own count)."""
+    caplog.set_level(logging.DEBUG, logger="aicallerd.engines.llm")
+    history = [
+        *MESSAGES,
+        {"role": "assistant", "content": "We open at nine tomorrow morning. " * 8},
+        {"role": "user", "content": "And on Sunday, are you open too, or closed all day?"},
+    ]
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            llm = LlamaCppChat(
+                two_slots.base_url,
+                two_slots.model_name,
+                client,
+                api_key=two_slots.api_key,
+                slots=2,
+            )
+            LEASE.set(SlotLease())
+            first = llm.stream_chat(history, max_tokens=40, temperature=0.3)
+            async with aclosing(first):
+                await first.__anext__()  # the first try is being written: refused, stopped
+            second = llm.stream_chat(history, max_tokens=3, temperature=0.7)
+            async with aclosing(second):
+                async for _ in second:
+                    pass
+
+    with EmbeddedLlamaServer(threads=2, ctx_size=2048, parallel=2) as two_slots:
+        trio.run(go)
+    counts = [
+        re.search(r"read (\d+) prompt tokens in \d+ ms, (\d+) from", r.message)
+        for r in caplog.records
+    ]
+    ((read, cached),) = [(int(m[1]), int(m[2])) for m in counts if m]  # the first was cut off
+    assert cached > 100 and read <= 2

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,6 +42,7 @@ from aicallerd.call.reply import SECONDS_PER_CHAR
 from aicallerd.call.session import QUIET_BATCH_SECONDS
 from aicallerd.call.settings import ReplySettings, call_settings
 from aicallerd.config import load_config
+from aicallerd.engines.affinity import LEASE, SlotLease
 from aicallerd.twilio import media
 from bench.frames import reply_timing
 
@@ -433,9 +436,13 @@ def test_llm_failure_apologises_and_call_goes_on() -> None:
     assert h.session.end_reason == "hangup"
 
 
-def test_a_reply_the_filter_refuses_whole_is_asked_for_once_more() -> None:
+def test_a_reply_the_filter_refuses_whole_is_asked_for_once_more(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """SmolLM2 sometimes answers with nothing but chatbot boilerplate: the caller was heard
-    fine, so they get a second sample of the model, not "could you say that again?"."""
+    fine, so they get a second sample of the model, not "could you say that again?". What
+    was refused is a debug line, so a slow turn can be explained."""
+    caplog.set_level(logging.DEBUG, logger="aicallerd.call")
     boilerplate = "As an AI language model, I don't have personal opinions."
     llm = FakeLLM({"w1 w2 w3": [boilerplate, "We open at nine."]})
 
@@ -449,6 +456,7 @@ def test_a_reply_the_filter_refuses_whole_is_asked_for_once_more() -> None:
     first, second = llm.requests
     assert second.messages == first.messages
     assert second.temperature > first.temperature
+    assert "turn 1: not said: 'As an AI language model,' | \"I don't have" in caplog.text
 
 
 def test_a_reply_refused_twice_gets_the_apology() -> None:
@@ -1051,11 +1059,39 @@ def test_the_next_prompt_is_read_by_the_llm_while_the_caller_talks() -> None:
     h = two_turns(llm)
     assert [t.text for t in h.sink.caller_turns] == ["w1 w2", "w3 w4"]
     (first, second) = [r for r in llm.requests if r.outcome == "done"]
-    warmed, outcome, _ = llm.warmed[0]
+    (opening, _, _), (warmed, outcome, _) = llm.warmed[:2]
+    assert first.messages[:-1] == opening[:-1]  # the system prompt, read as the call starts
     assert outcome == "done" and warmed[-1] == {"role": "user", "content": ""}
     assert second.messages[:-1] == warmed[:-1] == [*first.messages, warmed[-2]]
     assert warmed[-2] == {"role": "assistant", "content": "I heard w1 w2."}
-    assert len(llm.warmed) == 2  # after each reply
+    assert len(llm.warmed) == 3  # as the call starts and after each reply
+
+
+class LeaseRecordingLLM(CachingLLM):
+    """Notes the slot lease each request and warm-up goes out under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leases: list[SlotLease | None] = []
+
+    def stream_chat(self, messages: list[dict[str, str]], **kw: Any) -> AsyncIterator[str]:
+        self.leases.append(LEASE.get())
+        return super().stream_chat(messages, **kw)
+
+    async def warm_prompt(self, messages: list[dict[str, str]]) -> None:
+        self.leases.append(LEASE.get())
+        await super().warm_prompt(messages)
+
+
+def test_every_llm_request_of_a_call_goes_out_under_the_calls_lease() -> None:
+    """The embedded server keeps a call's history in the slot its lease names: the call's
+    replies and warm-ups all name the same one, and the call gives it up when it ends."""
+    llm = LeaseRecordingLLM()
+    two_turns(llm)
+    lease = llm.leases[0]
+    assert lease is not None and len(llm.leases) >= 4  # two replies, two warm-ups
+    assert all(other is lease for other in llm.leases)
+    assert not lease.open
 
 
 @pytest.mark.parametrize("warm", ["hang", "fail"])
@@ -1070,8 +1106,8 @@ def test_a_warm_up_that_hangs_or_fails_costs_the_next_turn_nothing(
     assert [t.text for t in h.sink.agent_turns] == ["I heard w1 w2.", "I heard w3 w4."]
     assert h.said[1].latency == pytest.approx(h.said[0].latency, abs=FRAME_SECONDS)
     if warm == "hang":
-        _, outcome, ended = llm.warmed[0]
-        assert outcome == "cancelled" and ended == llm.requests[1].at
+        for (_, outcome, ended), request in zip(llm.warmed, llm.requests, strict=False):
+            assert outcome == "cancelled" and ended == request.at
     else:
         assert "prompt warm-up failed: server went away" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

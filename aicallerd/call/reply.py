@@ -44,6 +44,7 @@ class Reply:
 
     mark_prefix: str
     sentences: list[Spoken] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # written by the model, not said
 
     def played_text(self, player: Player) -> str:
         """The sentences whose closing mark came back: what the caller actually heard."""
@@ -218,3 +219,4 @@ async def speak_reply(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_generate, llm, messages, settings, reply_filter, legs, t0, send)
         nursery.start_soon(_synthesize, tts, player, reply, legs, on_first_frame, receive)
+    reply.refused.extend(reply_filter.refused)

@@ -51,6 +51,7 @@ from aicallerd.call.player import Player, Transport
 from aicallerd.call.settings import CallSettings
 from aicallerd.call.speaker import ReplyRun, Speaker
 from aicallerd.call.ticker import Ticker
+from aicallerd.engines.affinity import LEASE, SlotLease
 from aicallerd.logs import call_logger
 from aicallerd.twilio import media
 from aicallerd.vad import probabilities
@@ -216,6 +217,8 @@ class CallSession:
         self.log.info("call started (stream %s)", start.stream_sid)
         records_in, records_out = trio.open_memory_channel[Callable[[], Awaitable[None]]](math.inf)
         self._records = records_in
+        lease = SlotLease()  # the call's own LLM slot, for every task it starts
+        lease_set = LEASE.set(lease)
         try:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self._recorder, records_out)
@@ -232,6 +235,8 @@ class CallSession:
                     nursery.cancel_scope.cancel()
                 self._nursery = None
         finally:
+            lease.close()
+            LEASE.reset(lease_set)
             self._nursery = None
             self.ended.set()
 

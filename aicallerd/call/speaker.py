@@ -122,6 +122,7 @@ class Speaker:
                                 legs=run.legs,
                                 on_first_frame=run.on_first_frame,
                             )
+                            self._log_refused(run)
                             if run.reply.sentences:
                                 break
                             self.log.info(
@@ -141,6 +142,13 @@ class Speaker:
             if failed or not run.reply.sentences:  # never leave the caller in silence
                 self._apologise(run)
             await self.wait_played(run.reply.last_mark, len(run.reply.audio) / 8000)
+
+    def _log_refused(self, run: ReplyRun) -> None:
+        """What the guardrail kept from the caller, to see why a turn was slow or retried."""
+        if run.reply.refused and self.log.isEnabledFor(logging.DEBUG):
+            said = " | ".join(repr(text[:200]) for text in run.reply.refused)
+            self.log.debug("turn %d: not said: %s", run.number, said)
+        run.reply.refused.clear()
 
     async def _first_audio_deadline(self, run: ReplyRun, generation: trio.CancelScope) -> None:
         """No audio within the deadline after the end of turn: stop and apologise."""

@@ -15,6 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 import trio
 
+from aicallerd.engines.affinity import LEASE, SlotTable
+
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
@@ -206,7 +208,7 @@ class OpenAIChat(_HTTPChat):
             "stream": True,
             "max_tokens": max_tokens,
             "temperature": temperature,
-            **self.extra,
+            **self._fields(),
         }
         response = await self._open("POST", self.api_root + "/chat/completions", body)
         finished = False
@@ -245,6 +247,10 @@ class OpenAIChat(_HTTPChat):
         finally:
             await response.aclose()
 
+    def _fields(self) -> dict[str, Any]:
+        """What this server's requests carry besides the standard fields."""
+        return self.extra
+
     async def preload(self) -> None:
         """OpenAI-style servers load their model themselves; just check one is there."""
         await self.health()
@@ -266,14 +272,21 @@ class LlamaCppChat(OpenAIChat):
     cache, so the next turn's prompt can be evaluated ahead of time, in the server's idle
     time: a warm-up waits while any reply is being generated, and one under way is stopped
     (and tried again later) when a reply starts, so it never slows a caller who is waiting.
+    With ``slots`` (the server's), each call's requests go to a slot of its own
+    (:mod:`aicallerd.engines.affinity`).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, slots: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._slots = SlotTable(slots)
         self._replies = 0  # streams under way, warm-ups not counted
         self._idle = trio.Event()
         self._idle.set()
         self._warming: set[trio.CancelScope] = set()
+
+    def _fields(self) -> dict[str, Any]:
+        slot = self._slots.slot_for(LEASE.get())
+        return self.extra if slot is None else {**self.extra, "id_slot": slot}
 
     async def stream_chat(
         self, messages: list[Message], *, max_tokens: int, temperature: float

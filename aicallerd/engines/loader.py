@@ -171,7 +171,9 @@ async def load_engines(cfg: Config) -> Engines:
             slots = max(1, min(cfg.server.max_concurrent_calls, MAX_LLM_SLOTS))
             llama = EmbeddedLlamaServer(model_path=cfg.llm.embedded_model, parallel=slots)
             await trio.to_thread.run_sync(run_named, "llm", llama.start)
-            local_llm = LlamaCppChat(llama.base_url, llama.model_name, http, api_key=llama.api_key)
+            local_llm = LlamaCppChat(
+                llama.base_url, llama.model_name, http, api_key=llama.api_key, slots=slots
+            )
         if cfg.llm.backend == "embedded":
             assert local_llm is not None
             llm = local_llm

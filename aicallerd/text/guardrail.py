@@ -202,6 +202,7 @@ class ReplyFilter:
         self.done = False
         self._previous = [f"{p} " for p in map(_normalize, previous_replies) if p]
         self._accepted: list[str] = []
+        self.refused: list[str] = []  # for the log: what the model wrote that was not said
         self._seen: set[str] = set()
         self._so_far = ""
         self._orphan = False  # the next pieces finish a sentence whose opening was refused
@@ -227,6 +228,13 @@ class ReplyFilter:
         return 2 * self.max_words if self._continuing else self.max_words
 
     def accept(self, sentence: str, *, whole: bool = True) -> str | None:
+        """The text to speak for ``sentence``, or None (then kept in ``refused``)."""
+        text = self._accept(sentence, whole)
+        if text is None:
+            self.refused.append(sentence)
+        return text
+
+    def _accept(self, sentence: str, whole: bool) -> str | None:
         """``whole=False``: a reply's opening clause or phrase, spoken ahead of the rest of
         its sentence; it counts toward ``max_words`` but not ``max_sentences``, and once it is
         spoken the rest of its sentence is too (a reply never stops mid-sentence for length).
