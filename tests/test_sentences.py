@@ -226,6 +226,12 @@ def test_a_long_first_clause_is_spoken_before_its_sentence_ends():
             ["We are open from nine to five.", "The point is that it works."],
         ),
         ("The best way to go is that one.", ["The best way to go is that one."]),
+        (  # before a modal after a long subject, never after a pronoun
+            "The best way to start learning a new language can be overwhelming!",
+            ["The best way to start learning a new language", "can be overwhelming!"],
+        ),
+        ("Most of the rooms we have will be free.", ["Most of the rooms we have", "will be free."]),
+        ("My friend at the desk says it will rain.", ["My friend at the desk says it will rain."]),
         ("Sure and that is it.", ["Sure and that is it."]),  # too few words before
         (  # punctuation first: the clause rule has it
             "I'm sorry for the confusion, and we open at nine.",

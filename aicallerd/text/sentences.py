@@ -20,9 +20,11 @@ Where it cuts:
   ``;``, ``:`` or a dash followed by whitespace. Only the first piece of a reply; it is
   emitted even if shorter than ``min_chars``.
 - optionally (``first_phrase_words > 0``) before a word that opens a clause or a
-  prepositional phrase ("that", "and", "because", "with", "in", "for", ...) once the first
-  piece has that many words and no punctuation has come: "We have plenty of destinations |
-  that offer mountain views.", "I'm here to assist you | in any way I can!" Piper's time
+  prepositional phrase ("that", "and", "because", "with", "in", "for", ...), or before a
+  modal verb after a long subject, once the first piece has that many words and no
+  punctuation has come: "We have plenty of destinations | that offer mountain views.", "I'm
+  here to assist you | in any way I can!", "The best way to start learning a new language |
+  can be overwhelming!" (a 66-character first piece took Piper 0.9-1.0 s). Piper's time
   to first audio grows with the text (65 ms per second of speech on an idle core, 3-4x that
   on a busy one), so a long first sentence held the reply's first audio by 0.5-0.7 s. The cut falls
   where a speaker may breathe, never inside a phrase ("nine to five", "is | that").
@@ -69,6 +71,10 @@ _PHRASE_STARTERS = frozenset(
     "although though whether with without like including "
     "in on at for from about into after before during through".split()
 )
+# A modal after a long subject is where a speaker breathes too ("The best way to start
+# learning a new language | can be overwhelming!"), but not after a pronoun ("you | can").
+_MODALS = frozenset("can could will would may might should must shall".split())
+_SUBJECTS = frozenset("i you he she it we they there this that who which what one".split())
 # ...but not after a word that needs what follows it ("is | to practice", "the | way").
 _NEEDS_MORE = frozenset(
     "is are was were be been being am a an the to of my your our their his her its this "
@@ -268,15 +274,17 @@ class SentenceSplitter:
         start = i
         while start > 0 and not buf[start - 1].isspace():
             start -= 1
-        if buf[start:i].lower() not in _PHRASE_STARTERS:
+        word = buf[start:i].lower()
+        if word not in _PHRASE_STARTERS and word not in _MODALS:
             return None
         head = buf[:start]
         words = head.split()
         if "\n" in head or len(words) < min_words:
             return None
-        if words[-1].lower() in _NEEDS_MORE or not self._long_enough(_collapse(head)):
+        before = words[-1].lower()
+        if before in _NEEDS_MORE or (word in _MODALS and before in _SUBJECTS):
             return None
-        return start
+        return start if self._long_enough(_collapse(head)) else None
 
     def _first_clause(self, buf: str, i: int) -> str | None:
         """The opening interjection (or long clause) ending at buf[i], or None."""
