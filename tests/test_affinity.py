@@ -34,11 +34,16 @@ def test_the_free_slot_claimed_longest_ago_goes_first() -> None:
     assert table.slot_for(SlotLease()) == 0
 
 
-def test_more_calls_than_slots_or_no_call_name_none() -> None:
+def test_with_more_calls_than_slots_no_call_names_one() -> None:
+    """A call without a slot could be handed a busy call's slot by the server, and that call
+    would then wait for the other's whole reply: while they are too many, the server picks."""
     table = SlotTable(1)
     a, b = SlotLease(), SlotLease()
     assert table.slot_for(a) == 0
-    assert table.slot_for(b) is None  # the server picks, as without leases
+    assert table.slot_for(b) is None
+    assert table.slot_for(a) is None
+    b.close()
+    assert table.slot_for(a) == 0  # one call again: its slot (and cache) as before
     assert table.slot_for(None) is None
     assert SlotTable(0).slot_for(SlotLease()) is None
 

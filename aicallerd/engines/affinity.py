@@ -9,7 +9,8 @@ waits the few milliseconds the cancel takes and finds its history in the cache.
 
 The call holds a :class:`SlotLease` for as long as it runs, set in :data:`LEASE` for its
 tasks; :class:`SlotTable` (no I/O) gives each open lease a slot of its own. With more calls
-than slots the extra calls name none, as before.
+than slots no call names one, as before: a call without a slot could be handed a busy
+call's slot, and that call's next request would wait for the other's whole reply.
 """
 
 from __future__ import annotations
@@ -43,19 +44,23 @@ class SlotTable:
         self._holders: list[SlotLease | None] = [None] * max(0, slots)
         self._claimed = [0] * len(self._holders)
         self._clock = itertools.count(1)
+        self._open: list[SlotLease] = []  # the open leases that have asked
 
     def slot_for(self, lease: SlotLease | None) -> int | None:
         """The slot ``lease`` keeps, claiming a free one on its first request (the one
         claimed longest ago: every call's cache starts with the same system prompt); None
-        when there is no open lease or every slot is held by an open one."""
+        without an open lease, and for every lease while there are more than slots."""
         if lease is None or not lease.open:
+            return None
+        self._open = [held for held in self._open if held.open]
+        if not any(held is lease for held in self._open):
+            self._open.append(lease)
+        if len(self._open) > len(self._holders):
             return None
         slot = lease.slot
         if slot is not None and slot < len(self._holders) and self._holders[slot] is lease:
             return slot
         free = [i for i, h in enumerate(self._holders) if h is None or not h.open]
-        if not free:
-            return None
         slot = min(free, key=self._claimed.__getitem__)
         self._holders[slot] = lease
         self._claimed[slot] = next(self._clock)
