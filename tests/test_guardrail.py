@@ -179,6 +179,26 @@ def test_reply_filter(
     assert f.sentences == [r for r in results if r]
 
 
+def test_an_opening_shared_with_an_earlier_reply_waits_for_the_rest_of_its_sentence() -> None:
+    """SmolLM2 often opens with the same phrase ("I'm sorry for any misunderstanding,"): cut
+    ahead of its sentence, that phrase alone looked like a copy, and the whole reply and its
+    second try were refused. It is spoken with the rest of its sentence when that differs."""
+    earlier = ["I'm sorry for any misunderstanding, but I can't check the weather."]
+    f = ReplyFilter(previous_replies=earlier)
+    assert f.accept("I'm sorry for any misunderstanding,", whole=False) is None
+    assert not f.done and f.refused == []
+    said = f.accept("but we are open on Sunday from ten.")
+    assert said == "I'm sorry for any misunderstanding, but we are open on Sunday from ten."
+    assert f.spoken_text == said and not f.done
+
+    f = ReplyFilter(previous_replies=earlier)  # the rest a copy too: refused, reply over
+    assert f.accept("I'm sorry for any misunderstanding,", whole=False) is None
+    assert f.accept("but I can't check", whole=False) is None
+    assert f.accept("the weather.") is None
+    assert f.done and f.spoken_text == ""
+    assert f.refused == ["I'm sorry for any misunderstanding, but I can't check the weather."]
+
+
 def test_nothing_after_done() -> None:
     f = ReplyFilter(max_sentences=1)
     assert f.accept("One.") == "One."

@@ -203,6 +203,7 @@ class ReplyFilter:
         self._previous = [f"{p} " for p in map(_normalize, previous_replies) if p]
         self._accepted: list[str] = []
         self.refused: list[str] = []  # for the log: what the model wrote that was not said
+        self._held = ""  # an opening that may be a copy, until the rest of its sentence comes
         self._seen: set[str] = set()
         self._so_far = ""
         self._orphan = False  # the next pieces finish a sentence whose opening was refused
@@ -229,8 +230,10 @@ class ReplyFilter:
 
     def accept(self, sentence: str, *, whole: bool = True) -> str | None:
         """The text to speak for ``sentence``, or None (then kept in ``refused``)."""
+        if self._held:
+            sentence, self._held = f"{self._held} {sentence}", ""
         text = self._accept(sentence, whole)
-        if text is None:
+        if text is None and not self._held:
             self.refused.append(sentence)
         return text
 
@@ -267,7 +270,13 @@ class ReplyFilter:
         if len(so_far) >= self.COPY_MIN_CHARS and any(
             p.startswith(f"{so_far} ") for p in self._previous
         ):
-            self.done = True
+            if whole:
+                self.done = True
+            else:
+                # An opening phrase shared with an earlier reply ("I'm sorry for any
+                # misunderstanding,") is not yet a copy: it waits for the rest of its
+                # sentence. Refused at once, whole replies were, and so was their second try.
+                self._held = sentence
             return None
         words = len(text.split())
         if self._accepted and self._words + words > self._budget():
