@@ -105,9 +105,11 @@ def set_os_thread_name(name: str) -> bool:
     return True
 
 
-def run_named(leg: str, fn: Callable[..., T], *args: Any) -> T:
+def run_named(leg: str, fn: Callable[..., T], *args: Any, nicer: int = 0) -> T:
     """Run ``fn(*args)`` in a fresh thread named ``aic-<leg>`` and return its result, so the
     thread pools ``fn`` creates (an engine's load or first inference) are counted as ``leg``.
+    With ``nicer``, that thread and every thread it creates run that much nicer than the
+    daemon (Linux gives each thread its own nice value and a new thread its creator's).
     Blocking: call it from a worker thread."""
     if leg not in ENGINE_LEGS:
         raise ValueError(f"unknown engine leg {leg!r}")
@@ -117,6 +119,8 @@ def run_named(leg: str, fn: Callable[..., T], *args: Any) -> T:
     def main() -> None:
         set_os_thread_name(PREFIX + leg)
         _local.leg = leg
+        if nicer:
+            lower_thread_priority(nicer)
         try:
             result.append(fn(*args))
         except BaseException as exc:
@@ -128,6 +132,16 @@ def run_named(leg: str, fn: Callable[..., T], *args: Any) -> T:
     if error:
         raise error[0]
     return result[0]
+
+
+def lower_thread_priority(by: int) -> int:
+    """Make the calling OS thread ``by`` nicer (at most 19) and return its nice value.
+
+    On Linux ``setpriority(PRIO_PROCESS, 0, ...)`` applies to the calling thread only.
+    Raising a nice value needs no privilege; the daemon never lowers one."""
+    nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + by)
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    return nice
 
 
 def _own_bucket() -> str:

@@ -95,6 +95,24 @@ def test_named_thread_and_what_it_starts_carry_the_leg_name() -> None:
         run_named("framing", comm)
 
 
+def test_a_nicer_named_thread_hands_its_nice_value_to_the_threads_it_starts() -> None:
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+
+    def start_a_pool() -> tuple[int, int]:
+        seen: list[int] = []
+        child = threading.Thread(target=lambda: seen.append(nice()))
+        child.start()
+        child.join()
+        return nice(), seen[0]
+
+    base = nice()
+    expected = min(19, base + 3)
+    assert run_named("llm", start_a_pool, nicer=3) == (expected, expected)
+    assert run_named("tts", start_a_pool) == (base, base)
+    assert nice() == base  # the calling thread keeps its own
+
+
 def test_turns_and_seconds_count_from_the_baseline() -> None:
     ledger = CpuLedger()
     ledger.count_turn()

@@ -4,6 +4,7 @@ Loads the real bundled models (Whisper tiny.en, Piper, SmolLM2 in llama.cpp): a 
 """
 
 import logging
+import os
 from contextlib import aclosing
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import trio
 
 from aicallerd.config import load_config
 from aicallerd.engines.fallback import FallbackChat, FallbackSynthesizer, FallbackTranscriber
+from aicallerd.engines.llama_server import LLM_NICER
 from aicallerd.engines.loader import load_engines
 from bench.daemon import free_port
 
@@ -38,7 +40,7 @@ def test_unreachable_cloud_engines_start_on_the_local_ones(
         },
     )
 
-    async def main() -> tuple[dict[str, str], str, bytes]:
+    async def main() -> tuple[dict[str, str], str, bytes, dict[str, set[int]]]:
         engines = await load_engines(cfg)
         try:
             assert isinstance(engines.transcriber, FallbackTranscriber)
@@ -52,14 +54,15 @@ def test_unreachable_cloud_engines_start_on_the_local_ones(
                 async for delta in it:
                     text += delta
             await engines.transcriber.transcribe(np.zeros(8000, dtype=np.int16))
-            return status, text, engines.canned.get("sorry", b"")
+            nices = thread_nices()
+            return status, text, engines.canned.get("sorry", b""), nices
         finally:
             await engines.aclose()
             if engines.llama is not None:  # the daemon leaves it to its exit; a test stops it
                 await trio.to_thread.run_sync(engines.llama.close)
 
     with caplog.at_level(logging.WARNING, logger="aicallerd.engines"):
-        status, text, sorry = trio.run(main)
+        status, text, sorry, nices = trio.run(main)
     # Each failure skips the engine for a few seconds, so on a slow machine start-up may try
     # it often enough to open the breaker: either way it is shown as failing, not "ok".
     assert all(s.startswith(("degraded: ", "open until ")) for s in status.values()), status
@@ -67,3 +70,23 @@ def test_unreachable_cloud_engines_start_on_the_local_ones(
     assert len(sorry) > 8000  # the apology was rendered by Piper
     warned = " ".join(r.getMessage() for r in caplog.records)
     assert "stt" in warned and "llm" in warned and "tts" in warned
+    # The embedded model writes the rest of a reply at a lower priority than the voice and
+    # Whisper, whose output is awaited sooner.
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert base < 19 and min(nices["aic-llm"]) > base, nices
+    assert nices["aic-llm"] == {min(19, base + LLM_NICER)}, nices
+    assert nices["aic-tts"] == nices["aic-stt"] == {base}, nices
+
+
+def thread_nices() -> dict[str, set[int]]:
+    """The nice values of this process's threads, by thread name (/proc stat field 19)."""
+    found: dict[str, set[int]] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            line = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        comm = line[line.index("(") + 1 : line.rindex(")")]
+        nice = int(line[line.rindex(")") + 2 :].split()[16])
+        found.setdefault(comm, set()).add(nice)
+    return found

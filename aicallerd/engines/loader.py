@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import httpx
 import trio
@@ -30,7 +31,7 @@ from aicallerd.config import Config
 from aicallerd.cputime import LEDGER, run_named
 from aicallerd.engines.elevenlabs_ws import ElevenLabsWebSocketTTS
 from aicallerd.engines.fallback import FallbackChat, FallbackSynthesizer, FallbackTranscriber
-from aicallerd.engines.llama_server import EmbeddedLlamaServer
+from aicallerd.engines.llama_server import LLM_NICER, EmbeddedLlamaServer
 from aicallerd.engines.llm import ChatClient, LlamaCppChat, LLMError, OllamaChat, OpenAIChat
 from aicallerd.engines.openai_stt import OpenAITranscriber
 from aicallerd.engines.openai_tts import OpenAISpeechTTS
@@ -170,7 +171,7 @@ async def load_engines(cfg: Config) -> Engines:
             # its slot's cache, and simultaneous turns decode together instead of queueing.
             slots = max(1, min(cfg.server.max_concurrent_calls, MAX_LLM_SLOTS))
             llama = EmbeddedLlamaServer(model_path=cfg.llm.embedded_model, parallel=slots)
-            await trio.to_thread.run_sync(run_named, "llm", llama.start)
+            await trio.to_thread.run_sync(partial(run_named, "llm", llama.start, nicer=LLM_NICER))
             local_llm = LlamaCppChat(
                 llama.base_url, llama.model_name, http, api_key=llama.api_key, slots=slots
             )
