@@ -24,7 +24,7 @@ import trio
 
 from aicallerd.audio.resample import pcm16_to_float, resample, rms
 from aicallerd.engines import bundled
-from aicallerd.engines.whisper_window import WindowedDecoder, window_seconds
+from aicallerd.engines.whisper_window import FULL_WINDOW_SECONDS, WindowedDecoder, window_seconds
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +219,10 @@ class Transcriber:
         text = None
         if window is not None and self._windowed is not None:
             text = self._windowed.decode(audio, window, max_new_tokens)
+            if text is None and 2 * window < FULL_WINDOW_SECONDS:
+                # A wider window undoes most loops for a fraction of the full one's cost
+                # (0.4 against 1.7 s for a one-word answer on 2 cores).
+                text = self._windowed.decode(audio, 2 * window, max_new_tokens)
         if text is None:
             segments, _info = self._whisper.transcribe(
                 audio,
