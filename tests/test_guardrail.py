@@ -199,6 +199,29 @@ def test_an_opening_shared_with_an_earlier_reply_waits_for_the_rest_of_its_sente
     assert f.refused == ["I'm sorry for any misunderstanding, but I can't check the weather."]
 
 
+def test_a_held_opening_is_spoken_once_the_words_after_it_part_from_the_earlier_reply() -> None:
+    earlier = ["I'm sorry for any misunderstanding, but as an AI I cannot check the weather."]
+    f = ReplyFilter(previous_replies=earlier)
+    assert f.release("but as") is None  # nothing held
+    assert f.accept("I'm sorry for any misunderstanding,", whole=False) is None
+    assert f.release("") is None
+    assert f.release("but as a") is None  # "a" may be the start of "an": not yet apart
+    assert f.release("but as a phone") == "I'm sorry for any misunderstanding,"
+    assert f.accept("but as a phone service, we open at ten.") == (
+        "but as a phone service, we open at ten."
+    )
+    assert f.spoken_text == (
+        "I'm sorry for any misunderstanding, but as a phone service, we open at ten."
+    )
+    assert not f.done and f.refused == []
+
+    f = ReplyFilter(previous_replies=earlier)  # still the earlier words: held, then refused
+    assert f.accept("I'm sorry for any misunderstanding,", whole=False) is None
+    assert f.release("but as an AI I cannot ") is None
+    assert f.accept("but as an AI I cannot check the weather.") is None
+    assert f.done and f.spoken_text == ""
+
+
 def test_nothing_after_done() -> None:
     f = ReplyFilter(max_sentences=1)
     assert f.accept("One.") == "One."

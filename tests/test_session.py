@@ -590,6 +590,33 @@ def test_a_peer_that_stops_reading_is_ended() -> None:
     assert blocked_at[-1] - blocked_at[0] == pytest.approx(5.0, abs=0.05)
 
 
+def test_an_opening_the_last_reply_shared_is_voiced_once_the_words_after_it_differ() -> None:
+    """SmolLM2 opens many replies alike. The shared opening is held (it could begin a copy of
+    the earlier reply) only until the words after it differ, not until its sentence is
+    written: the caller hears it while the rest is still being written."""
+    opening = "I'm sorry for any misunderstanding,"
+    first = f"{opening} but as an assistant I cannot check the weather for you."
+    second = f"{opening} but as a phone service we only open at ten on weekdays and Sundays."
+
+    async def caller(h: CallHarness) -> None:
+        await trio.sleep(0.5)
+        await h.say("w1", "w2", "w3")
+        await h.wait_agent_turns(1)
+        await settle(h)
+        await h.say("w4", "w5")
+        await h.wait_agent_turns(2)
+        await settle(h)
+
+    llm = FakeLLM({"w1 w2 w3": first, "w4 w5": second}, token_delay=0.1)
+    h = run_call(caller, llm=llm)
+    segments = [seg for seg in h.segments() if seg.first_t > h.said[1].speech_end]
+    assert segments[0].label == opening
+    assert " ".join(seg.label for seg in segments) == second
+    # Voiced after "but as a phone" (4 tokens), long before the last word was written.
+    written = llm.requests[-1].at + llm.first_token_delay + len(second.split()) * 0.1
+    assert segments[0].first_t < written - 0.5
+
+
 def test_a_slow_voice_leaves_no_gap_after_a_short_first_clause() -> None:
     """A cloud voice's first audio takes 0.4 s per request; "Sure," plays in 0.25 s. The next
     sentence is synthesized while the clause plays, so the caller hears no gap."""

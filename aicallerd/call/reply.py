@@ -98,6 +98,9 @@ async def _generate(
                 whole = not (isinstance(sentence, Piece) and sentence.partial)
                 if not await _offer(sentence, reply_filter, legs, t0, out, whole=whole):
                     return
+            opening = reply_filter.release(splitter.pending)
+            if opening:
+                await _say(opening, legs, t0, out)
             if reply_filter.refuses_length(splitter.pending_words):
                 return  # the sentence being written can never be spoken: stop the LLM now
         for sentence in splitter.flush():
@@ -117,10 +120,14 @@ async def _offer(
     """Pass one sentence through the guardrail; False once the reply must stop."""
     cleaned = reply_filter.accept(sentence, whole=whole)
     if cleaned:
-        if legs.first_sentence is None:
-            legs.first_sentence = trio.current_time() - t0
-        await out.send(cleaned)
+        await _say(cleaned, legs, t0, out)
     return not reply_filter.done
+
+
+async def _say(text: str, legs: TurnLegs, t0: float, out: trio.MemorySendChannel[str]) -> None:
+    if legs.first_sentence is None:
+        legs.first_sentence = trio.current_time() - t0
+    await out.send(text)
 
 
 async def _render(

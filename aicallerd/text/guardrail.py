@@ -237,7 +237,30 @@ class ReplyFilter:
             self.refused.append(sentence)
         return text
 
-    def _accept(self, sentence: str, whole: bool) -> str | None:
+    def release(self, pending: str) -> str | None:
+        """The held opening, to speak now, once the words written after it (``pending``, its
+        last word perhaps unfinished) part from every earlier reply that starts with it; else
+        None. It need not wait for the rest of its sentence: "I'm sorry for any
+        misunderstanding, | but as a phone service provider, ..." took 0.9 s to write whole and
+        0.9 s more to voice."""
+        if not self._held:
+            return None
+        words = pending.split()
+        if words and pending[-1:].isalnum():
+            words.pop()  # perhaps half a word
+        after = _normalize(" ".join(words))
+        if not after:
+            return None
+        so_far = f"{self._so_far} {_normalize(self._held)} {after}".strip()
+        if any(p.startswith(f"{so_far} ") for p in self._previous):
+            return None
+        held, self._held = self._held, ""
+        text = self._accept(held, whole=False, diverged=True)
+        if text is None:
+            self.refused.append(held)
+        return text
+
+    def _accept(self, sentence: str, whole: bool, *, diverged: bool = False) -> str | None:
         """``whole=False``: a reply's opening clause or phrase, spoken ahead of the rest of
         its sentence; it counts toward ``max_words`` but not ``max_sentences``, and once it is
         spoken the rest of its sentence is too (a reply never stops mid-sentence for length).
@@ -267,8 +290,10 @@ class ReplyFilter:
             self.done = True
             return None
         so_far = f"{self._so_far} {norm}".strip()
-        if len(so_far) >= self.COPY_MIN_CHARS and any(
-            p.startswith(f"{so_far} ") for p in self._previous
+        if (
+            not diverged
+            and len(so_far) >= self.COPY_MIN_CHARS
+            and any(p.startswith(f"{so_far} ") for p in self._previous)
         ):
             if whole:
                 self.done = True

@@ -122,8 +122,12 @@ class SentenceSplitter:
         self._first = True  # still in the reply's first sentence
 
     @property
+    def pending(self) -> str:
+        """Text written since the last piece: the sentence still being written."""
+        return self._buf
+
+    @property
     def pending_words(self) -> int:
-        """Words written since the last piece: the sentence still being written."""
         return len(self._buf.split())
 
     def feed(self, delta: str) -> list[str]:
