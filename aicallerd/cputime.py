@@ -19,6 +19,7 @@ Parsing (`parse_stat`, `leg_of`, `split_ticks`) is pure; `CpuLedger` does the /p
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aicallerd.control.protocol import CpuReport
+
+log = logging.getLogger("aicallerd.engines")
 
 ENGINE_LEGS = ("vad", "stt", "llm", "tts")
 LEGS = (*ENGINE_LEGS, "framing", "other")
@@ -120,7 +123,10 @@ def run_named(leg: str, fn: Callable[..., T], *args: Any, nicer: int = 0) -> T:
         set_os_thread_name(PREFIX + leg)
         _local.leg = leg
         if nicer:
-            lower_thread_priority(nicer)
+            try:
+                lower_thread_priority(nicer)
+            except OSError as exc:  # a sandbox that filters setpriority: run at equal priority
+                log.warning("%s engine threads run at the daemon's priority: %s", leg, exc)
         try:
             result.append(fn(*args))
         except BaseException as exc:

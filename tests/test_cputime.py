@@ -6,6 +6,7 @@ their CPU must show up in their own leg, not in the others.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -111,6 +112,20 @@ def test_a_nicer_named_thread_hands_its_nice_value_to_the_threads_it_starts() ->
     assert run_named("llm", start_a_pool, nicer=3) == (expected, expected)
     assert run_named("tts", start_a_pool) == (base, base)
     assert nice() == base  # the calling thread keeps its own
+
+
+def test_an_engine_loads_at_the_daemons_priority_where_it_may_not_lower_its_own(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refused(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refused)
+    with caplog.at_level(logging.WARNING, logger="aicallerd.engines"):
+        assert run_named("llm", lambda: "loaded", nicer=5) == "loaded"
+    assert [r.getMessage() for r in caplog.records] == [
+        "llm engine threads run at the daemon's priority: [Errno 1] Operation not permitted"
+    ]
 
 
 def test_turns_and_seconds_count_from_the_baseline() -> None:
