@@ -10,6 +10,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -27,6 +29,8 @@ from aicallerd.cputime import (
 )
 from aicallerd.engines.tts import PiperTTS
 from aicallerd.vad import SileroVad, probabilities
+
+T = TypeVar("T")
 
 TAIL = "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0"
 
@@ -77,19 +81,21 @@ def test_a_move_never_drives_a_coarse_bucket_below_zero() -> None:
     assert out["framing"] == 0.0 and out["vad"] == pytest.approx(0.004)
 
 
+def _here_and_in_a_child(probe: Callable[[], T]) -> tuple[T, T]:
+    """``probe()`` in the calling thread and in a thread it starts, as an engine's pool."""
+    seen: list[T] = []
+    child = threading.Thread(target=lambda: seen.append(probe()))
+    child.start()
+    child.join()
+    return probe(), seen[0]
+
+
 def test_named_thread_and_what_it_starts_carry_the_leg_name() -> None:
     def comm() -> str:
         with open("/proc/thread-self/comm") as f:
             return f.read().strip()
 
-    def start_a_pool() -> tuple[str, str]:
-        seen: list[str] = []
-        child = threading.Thread(target=lambda: seen.append(comm()))
-        child.start()
-        child.join()
-        return comm(), seen[0]
-
-    assert run_named("stt", start_a_pool) == ("aic-stt", "aic-stt")
+    assert run_named("stt", _here_and_in_a_child, comm) == ("aic-stt", "aic-stt")
     with pytest.raises(ZeroDivisionError):
         run_named("llm", lambda: 1 / 0)
     with pytest.raises(ValueError):
@@ -100,17 +106,10 @@ def test_a_nicer_named_thread_hands_its_nice_value_to_the_threads_it_starts() ->
     def nice() -> int:
         return os.getpriority(os.PRIO_PROCESS, 0)
 
-    def start_a_pool() -> tuple[int, int]:
-        seen: list[int] = []
-        child = threading.Thread(target=lambda: seen.append(nice()))
-        child.start()
-        child.join()
-        return nice(), seen[0]
-
     base = nice()
     expected = min(19, base + 3)
-    assert run_named("llm", start_a_pool, nicer=3) == (expected, expected)
-    assert run_named("tts", start_a_pool) == (base, base)
+    assert run_named("llm", _here_and_in_a_child, nice, nicer=3) == (expected, expected)
+    assert run_named("tts", _here_and_in_a_child, nice) == (base, base)
     assert nice() == base  # the calling thread keeps its own
 
 
